@@ -172,6 +172,7 @@ class ReferenceSet:
     class_names: list[str]
     fingerprint: str
     report: LoadReport
+    multiclass: bool = False
 
     @classmethod
     def from_folder(cls, folder: str | Path, size: int, multiclass: bool = False) -> ReferenceSet:
@@ -201,4 +202,5 @@ class ReferenceSet:
             names,
             images_fingerprint(report.kept),
             report,
+            multiclass=True,
         )

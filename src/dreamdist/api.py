@@ -1,0 +1,30 @@
+"""The Python API in one import: ``from dreamdist.api import train, generate, interpret``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dreamdist.artifact import load_artifact
+from dreamdist.backbone import Backbone
+from dreamdist.config import GenerateConfig, TrainConfig
+from dreamdist.generation import GenerationResult, generate
+from dreamdist.prompt_distribution import nearest_tokens
+from dreamdist.training.loop import train
+
+__all__ = ["GenerateConfig", "GenerationResult", "TrainConfig", "generate", "interpret", "train"]
+
+
+def interpret(
+    artifact: str | Path, model: str | None = None, top_k: int = 5, allow_pickle: bool = False
+) -> dict[str, list[list[tuple[str, float]]]]:
+    """Nearest vocabulary words of each learned token (mean over K), per concept.
+
+    Returns ``{class name: [token 1: [(word, cosine), ...], token 2: ..., ...]}``.
+    """
+    art = load_artifact(artifact, allow_pickle)
+    if "vectors" not in art.tensors:
+        raise ValueError(f"{art.path} ({art.method}) has no learned prompt tokens to interpret")
+    backbone = Backbone.from_pretrained(model or art.meta["backbone"]["model_id"], "cpu", "fp32", allow_pickle)
+    backbone.check_compatible(art.meta["backbone"], art.tensors.get("backbone.probe"), str(art.path))
+    vectors = art.tensors["vectors"]  # (C, K, M, d_tok)
+    return {name: nearest_tokens(backbone, vectors[c], top_k) for c, name in enumerate(art.meta["class_names"])}

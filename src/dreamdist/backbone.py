@@ -1,0 +1,280 @@
+"""Backbone: the frozen parts of a diffusers Stable Diffusion checkpoint, and the only code that
+touches CLIP text-encoder internals.
+
+Works for any SD 1.x / 2.x checkpoint (hub id or local folder, epsilon or v-prediction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+PROBE_ROWS = 16  # token-embedding rows stored in artifacts to recognise the backbone
+
+
+class BackboneMismatchError(ValueError):
+    """An artifact was made on a different backbone than the one it is loaded onto."""
+
+
+def resolve_model(model: str | Path) -> str:
+    """Map built-in names (``toy``) to their folders; pass hub ids and paths through."""
+    if str(model) == "toy":
+        from dreamdist.toyworld import model_dir
+
+        return str(model_dir())
+    return str(model)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else Apple MPS, else CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """Weights dtype of the frozen parts: fp32 on CPU; ``fp16``/``bf16``/``fp32`` on request."""
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: None}
+    if dtype not in table:
+        raise ValueError(f"dtype must be one of fp32, fp16, bf16; got {dtype!r}")
+    if table[dtype] is None:
+        return torch.float32 if device.type == "cpu" else torch.float16
+    return table[dtype]
+
+
+@dataclass
+class Backbone:
+    """Tokenizer, text encoder, VAE, UNet and the training noise scheduler of one checkpoint."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    scheduler: DDPMScheduler
+    model_id: str = "components"
+    scheduler_config: dict = field(default_factory=dict)  # the checkpoint's own (inference) scheduler
+    generation_defaults: dict = field(default_factory=dict)  # optional <model>/dreamdist.json
+
+    def __post_init__(self) -> None:
+        if not self.scheduler_config:
+            self.scheduler_config = dict(self.scheduler.config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        device: str | torch.device | None = None,
+        dtype: str | None = None,
+        allow_pickle: bool = False,
+    ) -> Backbone:
+        """Load from a hub id or a local diffusers folder (``toy`` = the built-in toy model).
+
+        Args:
+            model: hub id (``stabilityai/stable-diffusion-2-1-base``) or local pipeline folder.
+            device: ``cuda``, ``cpu``, ... (default: best available).
+            dtype: frozen-weights dtype ``fp32``/``fp16``/``bf16`` (default fp32 on CPU, fp16 on GPU).
+            allow_pickle: also accept ``.bin`` (pickle) weights; they load with ``weights_only=True``.
+        """
+        path = resolve_model(model)
+        device = pick_device(str(device) if device is not None else None)
+        torch_dtype = pick_dtype(dtype, device)
+        safe = {"use_safetensors": not allow_pickle}
+        vae_dtype = torch.bfloat16 if torch_dtype == torch.bfloat16 else torch.float32
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+            text_encoder = CLIPTextModel.from_pretrained(
+                path, subfolder="text_encoder", torch_dtype=torch_dtype, **safe
+            )
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=vae_dtype, **safe)
+            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype, **safe)
+            scheduler_config = DDPMScheduler.load_config(path, subfolder="scheduler")
+            scheduler = DDPMScheduler.from_config(scheduler_config)
+        except (OSError, ValueError) as exc:
+            hint = (
+                " It may hold only pickle (.bin) weights: pass --allow-pickle to load them with weights_only=True."
+                if "safetensors" in str(exc).lower()
+                else ""
+            )
+            raise OSError(
+                f"could not load a Stable Diffusion checkpoint from {model!r}: {exc}\n"
+                "Pass a diffusers pipeline folder (with tokenizer/, text_encoder/, vae/, unet/, scheduler/) "
+                f"or a hub id that is cached locally.{hint}"
+            ) from exc
+        defaults_file = Path(path) / "dreamdist.json"
+        defaults = json.loads(defaults_file.read_text()) if defaults_file.is_file() else {}
+        backbone = cls(tokenizer, text_encoder, vae, unet, scheduler, str(model), dict(scheduler_config), defaults)
+        return backbone.to(device, torch_dtype)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Backbone:
+        """Move the frozen modules (VAE stays fp32 unless bf16: fp16 VAEs overflow on SD 1.x/2.x)."""
+        vae_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+        for module, mdtype in ((self.text_encoder, dtype), (self.unet, dtype), (self.vae, vae_dtype)):
+            if module.dtype == mdtype:
+                module.to(device)
+            else:
+                module.to(device=device, dtype=mdtype)
+            module.requires_grad_(False)
+            module.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def token_embedding(self) -> torch.nn.Embedding:
+        """The text encoder's token-embedding table, (vocab, d_tok)."""
+        return self.text_encoder.get_input_embeddings()
+
+    @property
+    def sample_size(self) -> int:
+        """Default image side in pixels."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    # ---------------------------------------------------------------- text
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (B, L) input ids padded to the encoder's full length (L = 77 for CLIP)."""
+        return self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+
+    def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B,) index of the first EOS token (CLIP's pooled position)."""
+        return (input_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1)
+
+    def encode_prompt_embeds(
+        self, token_embeds: torch.Tensor, eos_positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the CLIP text transformer from token embeddings instead of ids.
+
+        Position embeddings are added exactly once (by the embeddings module) and the causal mask
+        is built explicitly, so nothing depends on private keyword arguments of transformers.
+
+        Args:
+            token_embeds: (B, L, d_tok) token embeddings (real rows or learned vectors).
+            eos_positions: (B,) index of the EOS token, where the pooled feature is read.
+        Returns:
+            hidden: (B, L, d) per-token features (what the UNet cross-attends to).
+            pooled: (B, d) final-layer-norm feature at the EOS position.
+        """
+        encoder = self.text_encoder
+        hidden = encoder.embeddings(inputs_embeds=token_embeds)  # (B, L, d) + positions
+        batch, length = hidden.shape[:2]
+        blocked = torch.ones(length, length, dtype=torch.bool, device=hidden.device).triu(1)
+        mask = torch.zeros(length, length, dtype=hidden.dtype, device=hidden.device)
+        mask = mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)  # (L, L) additive causal mask
+        mask = mask[None, None].expand(batch, 1, length, length)  # (B, 1, L, L)
+        hidden = encoder.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
+        hidden = encoder.final_layer_norm(hidden)  # (B, L, d)
+        pooled = hidden[torch.arange(batch, device=hidden.device), eos_positions]  # (B, d)
+        return hidden, pooled
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Plain prompts -> (B, L, d) features, through the same path as learned prompts."""
+        ids = self.tokenize(texts)
+        return self.encode_prompt_embeds(self.token_embedding(ids), self.eos_positions(ids))[0]
+
+    # ---------------------------------------------------------------- images
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) pixels in [-1, 1] -> VAE posterior (mean, std), each (N, C, h, w), fp32.
+
+        Latents are sampled from these each step (``mean + std * noise``) and scaled by the VAE's
+        scaling factor; caching the posterior instead of a sample keeps that randomness exact.
+        """
+        means, stds = [], []
+        for start in range(0, len(pixels), batch_size):
+            chunk = pixels[start : start + batch_size].to(self.device, self.vae.dtype)
+            dist = self.vae.encode(chunk).latent_dist
+            means.append(dist.mean.float().cpu())
+            stds.append(dist.std.float().cpu())
+        return torch.cat(means), torch.cat(stds)
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def latent_shift(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+    def training_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the UNet must predict: noise (epsilon), velocity (v_prediction) or the sample."""
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.scheduler.get_velocity(latents, noise, timesteps)
+        if kind == "sample":
+            return latents
+        raise ValueError(f"unsupported prediction_type {kind!r} in the scheduler config")
+
+    # ---------------------------------------------------------------- identity
+    def identity(self) -> dict:
+        """Facts that must match when an artifact is loaded onto this backbone."""
+        table = self.token_embedding.weight
+        return {
+            "model_id": self.model_id,
+            "vocab_size": int(table.shape[0]),
+            "token_dim": int(table.shape[1]),
+            "hidden_dim": int(self.text_encoder.config.hidden_size),
+            "max_length": int(self.tokenizer.model_max_length),
+            "cross_attention_dim": int(self.unet.config.cross_attention_dim),
+            "prediction_type": self.prediction_type,
+            "embedding_fingerprint": embedding_fingerprint(self.probe_rows()),
+        }
+
+    def probe_rows(self) -> torch.Tensor:
+        """(PROBE_ROWS, d_tok) fp32 rows spread over the vocabulary: a dtype-robust fingerprint."""
+        table = self.token_embedding.weight
+        index = torch.linspace(0, table.shape[0] - 1, PROBE_ROWS).long().to(table.device)
+        return table[index].detach().float().cpu()
+
+    def check_compatible(self, identity: dict, probe: torch.Tensor | None, what: str) -> None:
+        """Raise ``BackboneMismatchError`` if ``what`` (an artifact) was made on another backbone."""
+        mine = self.identity()
+        for key in ("vocab_size", "token_dim", "hidden_dim", "cross_attention_dim"):
+            if key in identity and int(identity[key]) != mine[key]:
+                raise BackboneMismatchError(
+                    f"{what} was trained on {identity.get('model_id')!r} ({key}={identity[key]}), "
+                    f"but the backbone {self.model_id!r} has {key}={mine[key]}. "
+                    f"Load it with --model {identity.get('model_id')!r} (or a copy of that checkpoint)."
+                )
+        if probe is not None:
+            cos = torch.nn.functional.cosine_similarity(probe.float(), self.probe_rows(), dim=-1)
+            if cos.min() < 0.99:
+                raise BackboneMismatchError(
+                    f"{what} was trained on {identity.get('model_id')!r}, whose token embeddings differ from "
+                    f"those of {self.model_id!r} (same shapes, different weights). Use the original backbone."
+                )
+
+
+def embedding_fingerprint(probe: torch.Tensor) -> str:
+    """Short hash of probe rows rounded to 2 decimals (display only; matching uses cosines)."""
+    return hashlib.sha256(probe.float().mul(100).round().to(torch.int32).numpy().tobytes()).hexdigest()[:16]

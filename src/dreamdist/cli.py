@@ -1,0 +1,239 @@
+"""Command line: ``dreamdist <command>``; flags are built from the typed config dataclasses.
+
+``main(argv)`` returns an exit code (0 ok, 2 bad input, 128+signal when interrupted), so tests
+call it in-process. User errors print one clear line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable
+
+from dreamdist import __version__
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field: type from the annotation, help from ``metadata['help']``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None -> X
+            kind = next(a for a in args if a is not type(None))
+            args = typing.get_args(kind)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        text = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(_flag(f.name), nargs="+", type=args[0], default=default, help=text)
+        else:
+            suffix = "" if required or default is None else f" (default: {default})"
+            parser.add_argument(_flag(f.name), type=kind, default=default, required=required, help=text + suffix)
+
+
+def from_args(cls: type, args: argparse.Namespace, **overrides):
+    """Build ``cls`` from the parsed flags of its fields (plus explicit overrides)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **overrides})
+
+
+# ---------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from dreamdist.config import TrainConfig
+    from dreamdist.methods import get_method
+    from dreamdist.training.loop import train
+
+    method_config_cls = get_method(args.method)[0]
+    out = train(from_args(TrainConfig, args), from_args(method_config_cls, args))
+    print(f"done: artifact in {out}/dreamdist.safetensors")
+    print(f"next: dreamdist generate {out} --num-images 16 --out {out}/samples")
+    return 0
+
+
+def parse_mix(items: list[str]) -> tuple[list[str], list[float]]:
+    """``["runs/a:0.3", "runs/b:0.7"]`` -> paths and weights (the last ':' splits)."""
+    paths, weights = [], []
+    for item in items:
+        path, sep, weight = item.rpartition(":")
+        if not sep:
+            raise ValueError(f"--mix takes PATH:WEIGHT items, e.g. runs/a:0.3; got {item!r}")
+        try:
+            weights.append(float(weight))
+        except ValueError:
+            raise ValueError(f"--mix weight of {path!r} is not a number: {weight!r}") from None
+        paths.append(path)
+    return paths, weights
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from dreamdist.config import GenerateConfig
+    from dreamdist.generation import generate
+
+    artifacts, weights = list(args.artifacts), None
+    if args.mix:
+        if artifacts:
+            raise ValueError("give artifacts either positionally or with --mix, not both")
+        artifacts, weights = parse_mix(args.mix)
+    result = generate(from_args(GenerateConfig, args, artifacts=artifacts, weights=weights))
+    print(f"wrote {len(result.paths)} images, {result.grid} and {result.manifest}")
+    return 0
+
+
+def cmd_interpret(args: argparse.Namespace) -> int:
+    from dreamdist.api import interpret
+
+    table = interpret(args.artifact, args.model, args.top_k, args.allow_pickle)
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    for name, tokens in table.items():
+        print(f"concept {name!r}: nearest words of each learned token (mean over the K prompts)")
+        for m, words in enumerate(tokens):
+            print(f"  token {m + 1}: " + ", ".join(f"{w} ({s:.2f})" for w, s in words))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from dreamdist.artifact import load_artifact
+
+    artifact = load_artifact(args.artifact, args.allow_pickle)
+    print(json.dumps(artifact.meta, indent=2))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from dreamdist.methods import get_method, method_names
+
+    for name in method_names():
+        config_cls = get_method(name)[0]
+        print(f"{name}: {(config_cls.__doc__ or '').strip()}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser(method: str = "dreamdistribution") -> argparse.ArgumentParser:
+    """The full parser; ``method`` selects which method's flags ``train`` shows."""
+    from dreamdist.config import GenerateConfig, TrainConfig
+    from dreamdist.methods import get_method
+
+    parser = argparse.ArgumentParser(
+        prog="dreamdist",
+        description="Learn prompt distributions from reference images and generate from them.",
+    )
+    parser.add_argument("--version", action="version", version=f"dreamdist {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (skipped files, resumes)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="learn from a folder of reference images")
+    add_dataclass_args(train, TrainConfig)
+    add_dataclass_args(train.add_argument_group(f"{method} options"), get_method(method)[0])
+    train.set_defaults(func=cmd_train)
+
+    gen = sub.add_parser("generate", help="generate images from run folder(s) or a plain prompt")
+    gen.add_argument("artifacts", nargs="*", help="run folder(s) or artifact file(s)")
+    gen.add_argument("--mix", nargs="+", metavar="PATH:WEIGHT", help="compose artifacts, weights summing to 1")
+    add_dataclass_args(gen, GenerateConfig, skip=("artifacts", "weights"))
+    gen.set_defaults(func=cmd_generate)
+
+    interp = sub.add_parser("interpret", help="nearest vocabulary words of the learned prompt tokens")
+    interp.add_argument("artifact", help="run folder or artifact file")
+    interp.add_argument("--model", default=None, help="backbone (default: the one recorded in the artifact)")
+    interp.add_argument("--top-k", type=int, default=5, help="words per token (default: 5)")
+    interp.add_argument("--json", action="store_true", help="print JSON")
+    interp.add_argument("--allow-pickle", action="store_true", help="accept pickle artifacts (weights_only=True)")
+    interp.set_defaults(func=cmd_interpret)
+
+    info = sub.add_parser("info", help="print an artifact's metadata")
+    info.add_argument("artifact", help="run folder or artifact file")
+    info.add_argument("--allow-pickle", action="store_true", help="accept pickle artifacts (weights_only=True)")
+    info.set_defaults(func=cmd_info)
+
+    methods = sub.add_parser("methods", help="list training methods")
+    methods.set_defaults(func=cmd_methods)
+
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions() -> list[Callable]:
+    """Sub-command groups contributed by other modules (evaluation, toy world)."""
+    found = []
+    for module in ("dreamdist.evaluation.cli", "dreamdist.toyworld.cli"):
+        try:
+            found.append(__import__(module, fromlist=["register"]).register)
+        except ImportError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise
+    return found
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Keep library chatter (weight-loading bars, backend notes) out of the user's terminal."""
+    if verbose:
+        return
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+
+
+def _method_of(argv: list[str]) -> str:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default="dreamdistribution")
+    return pre.parse_known_args(argv)[0].method
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dreamdist`` command."""
+    from dreamdist.artifact import UnsafeFileError
+    from dreamdist.backbone import BackboneMismatchError
+    from dreamdist.data import NoUsableImagesError
+    from dreamdist.training.loop import TrainingAborted, TrainingInterrupted
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(_method_of(argv))
+    except ValueError as exc:  # unknown --method
+        print(f"dreamdist: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    _quiet_libraries(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except TrainingInterrupted as exc:
+        print(f"dreamdist: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except (
+        NoUsableImagesError,
+        BackboneMismatchError,
+        UnsafeFileError,
+        TrainingAborted,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        OSError,
+    ) as exc:
+        print(f"dreamdist: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Typed configs for training and generation; the CLI builds its flags from these fields.
+
+Each field's ``metadata["help"]`` is its documentation and the CLI help text. ``__post_init__``
+rejects contradictory or impossible values with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+def help_(text: str, **extra) -> dict:
+    """Field metadata carrying help text (and optional CLI extras such as ``short``)."""
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """Everything the shared training loop needs; method hyperparameters live in the method's config."""
+
+    images: str = field(metadata=help_("folder of reference images (multi-class: one sub-folder per class)"))
+    out: str = field(metadata=help_("run folder to create (artifact, checkpoints, samples, logs)"))
+    model: str = field(
+        default="toy",
+        metadata=help_("diffusers Stable Diffusion checkpoint: hub id, local folder, or 'toy' (built-in)"),
+    )
+    method: str = field(default="dreamdistribution", metadata=help_("training method (see 'dreamdist methods')"))
+    steps: int | None = field(
+        default=None, metadata=help_("optimizer steps (default: the method's, 1500 for DreamDistribution)")
+    )
+    learning_rate: float | None = field(default=None, metadata=help_("constant learning rate (default: the method's)"))
+    batch_size: int = field(default=4, metadata=help_("images per step"))
+    gradient_accumulation: int = field(default=1, metadata=help_("micro-batches accumulated per optimizer step"))
+    resolution: int | None = field(default=None, metadata=help_("training image side in pixels (default: the model's)"))
+    flip: bool = field(default=False, metadata=help_("random horizontal flips (both variants are cached)"))
+    multiclass: bool = field(
+        default=False, metadata=help_("one prompt set per sub-folder; prompts '[V] <class name>.'")
+    )
+    seed: int = field(default=0, metadata=help_("seed of every random draw of the run"))
+    mixed_precision: str = field(
+        default="no", metadata=help_("'no', 'fp16' or 'bf16' (autocast; trainables stay fp32)")
+    )
+    dtype: str | None = field(
+        default=None, metadata=help_("frozen weights dtype fp32/fp16/bf16 (default fp32 on CPU, fp16 on GPU)")
+    )
+    device: str | None = field(default=None, metadata=help_("cuda, cpu, mps (default: best available)"))
+    gradient_checkpointing: bool = field(
+        default=False, metadata=help_("trade compute for memory in UNet and text encoder")
+    )
+    checkpoint_every: int = field(
+        default=250, metadata=help_("save a resumable checkpoint every N steps (0: only at the end)")
+    )
+    keep_checkpoints: int = field(default=2, metadata=help_("how many recent checkpoints to keep"))
+    sample_every: int = field(default=0, metadata=help_("save a sample grid to the run folder every N steps (0: off)"))
+    tensorboard: bool = field(default=False, metadata=help_("log losses to <out>/logs for TensorBoard"))
+    resume: bool = field(default=False, metadata=help_("continue from the newest checkpoint in --out"))
+    max_nonfinite: int = field(default=5, metadata=help_("abort after this many consecutive non-finite losses"))
+    allow_pickle: bool = field(
+        default=False, metadata=help_("allow pickle (.bin/.pt) weights, loaded with weights_only=True")
+    )
+    progress: bool = field(default=True, metadata=help_("show a progress bar"))
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise ValueError("--batch-size and --gradient-accumulation must be >= 1")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError("--steps must be >= 1")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"--mixed-precision must be no, fp16 or bf16; got {self.mixed_precision!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError("--keep-checkpoints must be >= 1 (the newest checkpoint is what --resume needs)")
+        if self.checkpoint_every < 0 or self.sample_every < 0:
+            raise ValueError("--checkpoint-every and --sample-every must be >= 0")
+
+
+@dataclass
+class GenerateConfig:
+    """Sampling from one artifact, a weighted mix of DreamDistribution artifacts, or a plain prompt."""
+
+    out: str = field(metadata=help_("output folder for PNGs, grid.png and manifest.jsonl"))
+    artifacts: list[str] = field(default_factory=list, metadata=help_("run folder(s) or artifact file(s)"))
+    weights: list[float] | None = field(default=None, metadata=help_("mixing weights (sum to 1), one per artifact"))
+    model: str | None = field(default=None, metadata=help_("backbone (default: the one recorded in the artifact)"))
+    num_images: int = field(default=8, metadata=help_("images to generate"))
+    prefix: str | None = field(default=None, metadata=help_("text before the learned tokens (default: as trained)"))
+    suffix: str | None = field(
+        default=None, metadata=help_("text after the learned tokens, e.g. 'at night' (default: as trained)")
+    )
+    prompt: str | None = field(
+        default=None,
+        metadata=help_("plain prompt ({} stands for the learned concept where a method has one)"),
+    )
+    class_name: str | None = field(
+        default=None,
+        metadata=help_("multi-class artifacts: which class to sample (default: all, round robin)"),
+    )
+    gamma: float = field(default=1.0, metadata=help_("diversity: scale of the std (0 = the mean prompt)"))
+    mix_rule: str = field(
+        default="paper", metadata=help_("std composition: 'paper' (sum sqrt(a) sigma) or 'public-code'")
+    )
+    guidance_scale: float | None = field(
+        default=None, metadata=help_("classifier-free guidance (default 7.5; the toy model's own default)")
+    )
+    num_inference_steps: int | None = field(default=None, metadata=help_("denoising steps (default 50; toy 25)"))
+    scheduler: str | None = field(
+        default=None,
+        metadata=help_("sampler: ddim, dpm, euler, euler-a, pndm, ddpm (default: the checkpoint's)"),
+    )
+    negative_prompt: str = field(default="", metadata=help_("negative prompt for classifier-free guidance"))
+    height: int | None = field(default=None, metadata=help_("image height (default: the model's)"))
+    width: int | None = field(default=None, metadata=help_("image width (default: the model's)"))
+    batch_size: int = field(default=4, metadata=help_("images per pipeline call (results do not depend on it)"))
+    seed: int = field(default=0, metadata=help_("image i uses seed + i"))
+    dtype: str | None = field(default=None, metadata=help_("fp32/fp16/bf16 (default fp32 on CPU, fp16 on GPU)"))
+    device: str | None = field(default=None, metadata=help_("cuda, cpu, mps (default: best available)"))
+    allow_pickle: bool = field(
+        default=False, metadata=help_("allow pickle (.bin/.pt) files, loaded with weights_only=True")
+    )
+    progress: bool = field(default=True, metadata=help_("show a progress bar"))
+
+    def __post_init__(self) -> None:
+        if self.num_images < 1 or self.batch_size < 1:
+            raise ValueError("--num-images and --batch-size must be >= 1")
+        if self.gamma < 0:
+            raise ValueError(f"--gamma must be >= 0 (0 = the mean prompt); got {self.gamma}")
+        if self.weights is not None and len(self.weights) != len(self.artifacts):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.artifacts)} artifacts; give one per artifact")
+        if self.weights is not None and (
+            any(w < 0 for w in self.weights) or not math.isclose(sum(self.weights), 1.0, abs_tol=1e-3)
+        ):
+            raise ValueError(f"mixing weights must be >= 0 and sum to 1 (within 1e-3); got {self.weights}")
+        if len(self.artifacts) > 1 and self.weights is None:
+            raise ValueError("mixing several artifacts needs weights, e.g. --mix runs/a:0.3 runs/b:0.7")
+        if not self.artifacts and not self.prompt:
+            raise ValueError("nothing to generate from: give an artifact (run folder) or --prompt with --model")
+        if self.mix_rule not in ("paper", "public-code"):
+            raise ValueError(f"--mix-rule must be 'paper' or 'public-code'; got {self.mix_rule!r}")

@@ -1,0 +1,302 @@
+"""Metrics: pure functions of feature tensors (no models, no files, no global state).
+
+Every function takes features as ``(N, d)`` tensors (rows are images) and returns Python floats.
+Statistics are computed in float64 whatever the input dtype, so a metric does not change with
+the precision the features were extracted in. Inputs too small for a metric raise ``ValueError``
+with the count that is needed: a metric never returns NaN.
+
+Conventions, and where they differ from reference libraries:
+- FID: unbiased covariance (N - 1), as ``numpy.cov`` / pytorch-fid; the matrix square root is
+  taken through symmetric eigen-decompositions instead of ``scipy.linalg.sqrtm`` of the
+  non-symmetric product (same value, no complex round-off, exact for singular covariances).
+- Density / coverage / precision / recall (Naeem et al., 2020): the k-NN ball is closed
+  (``||y - x|| <= r``) by default; the ``prdc`` package uses an open ball (``<``). Both are
+  offered (``boundary="inclusive" | "exclusive"``); they differ only for points exactly on a ball's
+  boundary, e.g. a set scored against itself (inclusive: coverage 1, density 1 + 1/k;
+  exclusive: density 1, and coverage < 1 when k + 1 points coincide).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "gaussian_stats",
+    "frechet_distance_from_stats",
+    "frechet_distance",
+    "mean_cosine_similarity",
+    "clip_t",
+    "knn_radii",
+    "manifold_metrics",
+]
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+
+
+def _as_features(x: torch.Tensor, name: str, min_rows: int = 1, why: str = "") -> torch.Tensor:
+    """Validate a feature matrix and return it as float64 on its own device.
+
+    Args:
+        x: (N, d) features; a numpy array is accepted too.
+        name: what the caller calls it, for the error message.
+        min_rows: the least N the metric can be computed from.
+        why: the metric that needs ``min_rows``, for the error message.
+    """
+    x = torch.as_tensor(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (N, d) feature matrix; got shape {tuple(x.shape)}")
+    if x.shape[0] < min_rows:
+        raise ValueError(
+            f"{name} has {x.shape[0]} row(s) but {why or 'this metric'} needs at least {min_rows}; "
+            "evaluate with more images"
+        )
+    if not x.is_floating_point():
+        x = x.to(torch.float64)
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values; check the feature extractor's input")
+    return x.to(torch.float64)
+
+
+def _same_width(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{names} have different feature sizes ({a.shape[1]} vs {b.shape[1]}); "
+            "extract both sets with the same model"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Frechet distance (FID when the features are InceptionV3 pool features)
+
+
+def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased covariance of a feature set, in float64.
+
+    Args:
+        features: (N, d), N >= 2.
+
+    Returns:
+        mu (d,) and sigma (d, d).
+    """
+    x = _as_features(features, "features", min_rows=2, why="a covariance (FID)")
+    mu = x.mean(dim=0)  # (d,)
+    centered = x - mu  # (N, d)
+    sigma = centered.T @ centered / (x.shape[0] - 1)  # (d, d)
+    return mu, sigma
+
+
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    """Square root of a symmetric positive semi-definite matrix (negative round-off clipped)."""
+    matrix = (matrix + matrix.T) / 2  # (d, d) exact symmetry for eigh
+    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)  # (d,), (d, d)
+    return (eigenvectors * eigenvalues.clamp_min(0).sqrt()) @ eigenvectors.T
+
+
+def frechet_distance_from_stats(
+    mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
+) -> float:
+    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``, where
+    ``tr((S1 S2)^(1/2)) = sum sqrt(eig(S1^(1/2) S2 S1^(1/2)))``: the inner matrix is symmetric PSD,
+    so two ``eigh`` calls replace ``scipy.linalg.sqrtm`` of the non-symmetric ``S1 S2`` and stay
+    exact when the covariances are singular (fewer images than feature dimensions). The result
+    is clipped at 0 (round-off can make ``fd(x, x)`` -1e-12).
+
+    Args:
+        mu1, mu2: (d,) means.
+        sigma1, sigma2: (d, d) covariances.
+    """
+    mu1, mu2 = torch.as_tensor(mu1, dtype=torch.float64), torch.as_tensor(mu2, dtype=torch.float64)
+    sigma1 = torch.as_tensor(sigma1, dtype=torch.float64)
+    sigma2 = torch.as_tensor(sigma2, dtype=torch.float64)
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(
+            f"inconsistent Gaussian statistics: mu1 {tuple(mu1.shape)}, sigma1 {tuple(sigma1.shape)}, "
+            f"mu2 {tuple(mu2.shape)}, sigma2 {tuple(sigma2.shape)}; expected (d,) and (d, d) for one d"
+        )
+    sqrt1 = _psd_sqrt(sigma1)  # (d, d)
+    inner = sqrt1 @ sigma2 @ sqrt1  # (d, d) symmetric PSD, same spectrum as S1 S2
+    trace_sqrt = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
+    distance = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt
+    return max(float(distance), 0.0)
+
+
+def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (FID on Inception features).
+
+    Args:
+        features1: (N1, d), N1 >= 2.
+        features2: (N2, d), N2 >= 2.
+    """
+    mu1, sigma1 = gaussian_stats(features1)
+    mu2, sigma2 = gaussian_stats(features2)
+    if mu1.shape != mu2.shape:
+        raise ValueError(
+            f"feature sets have different sizes ({mu1.shape[0]} vs {mu2.shape[0]}); "
+            "extract both sets with the same model"
+        )
+    return frechet_distance_from_stats(mu1, sigma1, mu2, sigma2)
+
+
+# ---------------------------------------------------------------------------------------------
+# cosine similarities (CLIP-I, DINO, CLIP-T)
+
+
+def _unit_rows(x: torch.Tensor, name: str) -> torch.Tensor:
+    norms = x.norm(dim=1, keepdim=True)  # (N, 1)
+    if (norms == 0).any():
+        raise ValueError(f"{name} has an all-zero feature row; a cosine similarity is undefined for it")
+    return x / norms
+
+
+def mean_cosine_similarity(generated: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean cosine similarity over all |G| x |R| pairs (CLIP-I on CLIP, DINO on DINO features).
+
+    The mean of ``g_i . r_j`` over all pairs of unit vectors equals ``mean_i(g_i) . mean_j(r_j)``,
+    so no |G| x |R| matrix is built.
+
+    Args:
+        generated: (G, d) features of the generated images.
+        reference: (R, d) features of the reference images.
+    """
+    g = _unit_rows(_as_features(generated, "generated features"), "generated features")  # (G, d)
+    r = _unit_rows(_as_features(reference, "reference features"), "reference features")  # (R, d)
+    _same_width(g, r, "generated and reference features")
+    return float(g.mean(dim=0) @ r.mean(dim=0))
+
+
+def clip_t(image_features: torch.Tensor, text_features: torch.Tensor) -> float:
+    """CLIP-T: mean cosine between each image's CLIP embedding and its prompt's text embedding.
+
+    A raw cosine in [-1, 1], not CLIPScore's ``max(100 * cos, 0)`` or ``2.5 * cos``.
+
+    Args:
+        image_features: (N, d) CLIP image embeddings.
+        text_features: (N, d), one prompt per image, or (1, d), one prompt for all images.
+    """
+    images = _unit_rows(_as_features(image_features, "image features"), "image features")  # (N, d)
+    texts = _unit_rows(_as_features(text_features, "text features"), "text features")  # (N|1, d)
+    _same_width(images, texts, "image and text features")
+    if texts.shape[0] not in (1, images.shape[0]):
+        raise ValueError(
+            f"got {texts.shape[0]} text embeddings for {images.shape[0]} images; "
+            "pass one prompt per image or a single prompt"
+        )
+    return float((images * texts).sum(dim=1).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# k-NN manifold metrics: density, coverage (Naeem et al. 2020), precision, recall (Kynkaanniemi
+# et al. 2019, in Naeem et al.'s k-NN form)
+
+DEFAULT_CHUNK = 1024  # rows per distance block: 1024 x 10k float64 = 80 MB
+
+
+def _squared_distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
+    """(A, B) squared Euclidean distances between rows of ``a`` (A, d) and ``b`` (B, d)."""
+    a_sq = a.square().sum(dim=1, keepdim=True)  # (A, 1)
+    return (a_sq + b_sq[None, :] - 2 * a @ b.T).clamp_min_(0)  # (A, B)
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k (nearest neighbours) must be a positive integer; got {k!r}")
+
+
+def knn_radii(features: torch.Tensor, k: int = 5, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Distance from each point to its k-th nearest *other* point of the same set.
+
+    Args:
+        features: (N, d), N >= k + 1.
+        k: neighbour rank.
+        chunk_size: rows per distance block (memory is ``chunk_size * N`` float64).
+
+    Returns:
+        (N,) float64 radii.
+    """
+    _check_k(k)
+    x = _as_features(features, "features", min_rows=k + 1, why=f"a k-NN radius with k={k}")
+    return _knn_sq_radii(x, k, chunk_size).sqrt()
+
+
+def _knn_sq_radii(x: torch.Tensor, k: int, chunk_size: int) -> torch.Tensor:
+    """(N,) squared k-NN radii of float64 ``x`` (N, d); the point itself is at distance 0."""
+    x_sq = x.square().sum(dim=1)  # (N,)
+    radii = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], chunk_size):
+        block = _squared_distances(x[start : start + chunk_size], x, x_sq)  # (c, N)
+        rows = torch.arange(block.shape[0], device=x.device)
+        block[rows, rows + start] = 0.0  # self-distance exactly 0, as sklearn does for X vs X
+        radii[start : start + block.shape[0]] = block.topk(k + 1, dim=1, largest=False).values[:, k]
+    return radii
+
+
+def manifold_metrics(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    k: int = 5,
+    boundary: str = "inclusive",
+    recall: bool = True,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> dict[str, float]:
+    """Density, coverage, precision and recall of ``fake`` against ``real`` with k-NN balls.
+
+    With ``B(x, r) = {y : ||y - x|| <= r}`` (``boundary="inclusive"``, the paper's closed ball)
+    and ``r_i`` the distance from real ``X_i`` to its k-th nearest other real:
+
+    - density   = 1/(k M) sum_j sum_i 1[Y_j in B(X_i, r_i)]
+    - coverage  = 1/N sum_i 1[exists j: Y_j in B(X_i, r_i)]
+    - precision = 1/M sum_j 1[exists i: Y_j in B(X_i, r_i)]
+    - recall    = 1/N sum_i 1[exists j: X_i in B(Y_j, s_j)], s_j the k-NN radius among fakes
+
+    ``boundary="exclusive"`` uses open balls (``<``) and reproduces the ``prdc`` package exactly.
+    Inclusive: a set scored against itself has coverage 1 (always) and density 1 + 1/k (points in
+    general position: each ball holds its centre and its k neighbours). Exclusive: density 1.
+    Distances are computed in float64 blocks of ``chunk_size`` rows, so 10k x 10k sets never
+    materialise an N x M matrix (memory ~ ``chunk_size * max(N, M) * 8`` bytes).
+
+    Args:
+        real: (N, d) reference features, N >= k + 1.
+        fake: (M, d) generated features; M >= k + 1 when ``recall`` is requested.
+        k: neighbour rank of the radii (paper: 5).
+        boundary: ``"inclusive"`` (closed balls, default) or ``"exclusive"`` (open, as ``prdc``).
+        recall: also compute recall (needs the fakes' own k-NN radii).
+        chunk_size: rows per distance block.
+
+    Returns:
+        ``{"density", "coverage", "precision"}`` and ``"recall"`` when requested.
+    """
+    _check_k(k)
+    if boundary not in ("inclusive", "exclusive"):
+        raise ValueError(f"boundary must be 'inclusive' or 'exclusive'; got {boundary!r}")
+    real = _as_features(real, "real features", min_rows=k + 1, why=f"density/coverage with k={k}")
+    fake_rows = k + 1 if recall else 1
+    fake = _as_features(fake, "generated features", min_rows=fake_rows, why=f"recall with k={k}")
+    _same_width(real, fake, "real and generated features")
+    inside = torch.le if boundary == "inclusive" else torch.lt
+
+    real_r2 = _knn_sq_radii(real, k, chunk_size)  # (N,)
+    fake_r2 = _knn_sq_radii(fake, k, chunk_size) if recall else None  # (M,)
+    fake_sq = fake.square().sum(dim=1)  # (M,)
+    counts = torch.zeros(fake.shape[0], dtype=torch.float64, device=real.device)  # balls per fake
+    covered = torch.zeros(real.shape[0], dtype=torch.bool, device=real.device)
+    recalled = torch.zeros(real.shape[0], dtype=torch.bool, device=real.device)
+    for start in range(0, real.shape[0], chunk_size):
+        stop = min(start + chunk_size, real.shape[0])
+        d2 = _squared_distances(real[start:stop], fake, fake_sq)  # (c, M)
+        within = inside(d2, real_r2[start:stop, None])  # (c, M): fake j in real ball i
+        counts += within.sum(dim=0)
+        covered[start:stop] = within.any(dim=1)
+        if fake_r2 is not None:
+            recalled[start:stop] = inside(d2, fake_r2[None, :]).any(dim=1)  # real i in a fake ball
+    result = {
+        "density": float(counts.sum() / (k * fake.shape[0])),
+        "coverage": float(covered.double().mean()),
+        "precision": float((counts > 0).double().mean()),
+    }
+    if fake_r2 is not None:
+        result["recall"] = float(recalled.double().mean())
+    return result

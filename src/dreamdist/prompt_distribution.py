@@ -1,0 +1,183 @@
+"""PromptDistribution: K learnable soft prompts per concept and the Gaussian they induce on
+CLIP text features (METHODS.md §1).
+
+A prompt is ``[BOS] PREFIX V_k SUFFIX [EOS] [PAD]...``: only ``V`` (M token embeddings per
+prompt) is learned; PREFIX/SUFFIX are ordinary words embedded with the frozen token table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamdist.backbone import Backbone
+
+
+@dataclass
+class PromptTemplate:
+    """Token ids around the learned slot: ``before`` (a,) = BOS + prefix, ``after`` (b,) = suffix + EOS + pads."""
+
+    before: torch.Tensor
+    after: torch.Tensor
+    eos_position: int
+
+    @classmethod
+    def build(cls, backbone: Backbone, num_tokens: int, prefix: str = "", suffix: str = "") -> PromptTemplate:
+        """Tokenize PREFIX and SUFFIX (no special tokens) and lay them around ``num_tokens`` slots."""
+        tok = backbone.tokenizer
+        words = lambda text: tok(text, add_special_tokens=False).input_ids if text.strip() else []  # noqa: E731
+        pre, post = words(prefix), words(suffix)
+        length = tok.model_max_length
+        used = 1 + len(pre) + num_tokens + len(post) + 1
+        if used > length:
+            raise ValueError(
+                f"prompt too long: prefix ({len(pre)} tokens) + {num_tokens} learned tokens + suffix "
+                f"({len(post)} tokens) + 2 special tokens = {used} > {length}; shorten the prefix/suffix"
+            )
+        before = torch.tensor([tok.bos_token_id, *pre])
+        after = torch.tensor([*post, tok.eos_token_id] + [tok.pad_token_id] * (length - used))
+        return cls(before, after, eos_position=used - 1)
+
+
+def encode_prompts(backbone: Backbone, vectors: torch.Tensor, template: PromptTemplate) -> tuple:
+    """Encode soft prompts through the frozen text encoder.
+
+    Args:
+        vectors: (N, M, d_tok) learned token embeddings (N prompts).
+        template: fixed words around them.
+    Returns:
+        hidden (N, L, d) and pooled EOS features (N, d), differentiable w.r.t. ``vectors``.
+    """
+    table = backbone.token_embedding
+    n = vectors.shape[0]
+    before = table(template.before.to(table.weight.device)).expand(n, -1, -1)  # (N, a, d_tok)
+    after = table(template.after.to(table.weight.device)).expand(n, -1, -1)  # (N, b, d_tok)
+    embeds = torch.cat([before, vectors.to(before.dtype), after], dim=1)  # (N, L, d_tok)
+    eos = torch.full((n,), template.eos_position, device=embeds.device)
+    return backbone.encode_prompt_embeds(embeds, eos)
+
+
+def gaussian_stats(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., K, L, d) features of K prompts -> per position/channel mean and std, each (..., L, d)."""
+    return hidden.mean(dim=-3), hidden.std(dim=-3)
+
+
+def reparameterize(mean: torch.Tensor, std: torch.Tensor, omega: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """``mean + gamma * omega * std``; mean/std (B, L, d), omega (B, L, d) standard normal."""
+    return mean + gamma * omega * std
+
+
+def orthogonality_loss(pooled: torch.Tensor, kind: str = "abs") -> torch.Tensor:
+    """Orthogonality of K pooled prompt features, (K, d) -> scalar.
+
+    ``abs`` (paper eq. 5): ``1/(K(K-1)) * sum_{i<j} |cos(p_i, p_j)|``.
+    ``squared`` (public code): mean over the K(K-1) off-diagonal entries of ``cos^2``.
+    """
+    k = pooled.shape[0]
+    if k < 2:
+        return pooled.new_zeros(())
+    unit = F.normalize(pooled.float(), dim=-1)
+    cos = unit @ unit.T  # (K, K)
+    off = ~torch.eye(k, dtype=torch.bool, device=cos.device)
+    if kind == "abs":
+        return cos.triu(1).abs().sum() / (k * (k - 1))
+    if kind == "squared":
+        return cos[off].pow(2).mean()
+    raise ValueError(f"orthogonality loss kind must be 'abs' or 'squared', got {kind!r}")
+
+
+def mix_stats(
+    stats: list[tuple[torch.Tensor, torch.Tensor]],
+    weights: list[float],
+    rule: str = "paper",
+    tol: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compose N learned distributions (paper eq. 7).
+
+    ``paper``: ``mu* = sum a_i mu_i``, ``sigma* = sum sqrt(a_i) sigma_i``.
+    ``public-code``: ``sigma* = sqrt(sum (a_i sigma_i)^2)``.
+
+    Args:
+        stats: N pairs (mean, std), each (L, d).
+        weights: N non-negative weights that sum to 1 within ``tol``.
+    """
+    if len(stats) != len(weights) or not stats:
+        raise ValueError(f"need one weight per distribution; got {len(stats)} distributions, {len(weights)} weights")
+    if any(w < 0 for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=tol):
+        raise ValueError(
+            f"mixing weights must be >= 0 and sum to 1 (within {tol}); got {weights} (sum {sum(weights):.4f})"
+        )
+    mean = sum(w * m for w, (m, _) in zip(weights, stats))
+    if rule == "paper":
+        std = sum(math.sqrt(w) * s for w, (_, s) in zip(weights, stats))
+    elif rule == "public-code":
+        std = torch.sqrt(sum((w * s) ** 2 for w, (_, s) in zip(weights, stats)))
+    else:
+        raise ValueError(f"mix rule must be 'paper' or 'public-code', got {rule!r}")
+    return mean, std
+
+
+class PromptDistribution(nn.Module):
+    """Learnable token embeddings ``V`` of shape (C, K, M, d_tok): C concepts x K prompts x M tokens."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_prompts: int,
+        num_tokens: int,
+        token_dim: int,
+        init_std: float = 0.02,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if num_prompts < 2:
+            raise ValueError("num_prompts (K) must be >= 2: a distribution needs a spread (paper default 32)")
+        if num_tokens < 1:
+            raise ValueError("num_tokens (M) must be >= 1")
+        init = torch.randn(num_classes, num_prompts, num_tokens, token_dim, generator=generator) * init_std
+        self.vectors = nn.Parameter(init)  # (C, K, M, d_tok), always fp32
+
+    @property
+    def num_prompts(self) -> int:
+        return self.vectors.shape[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.vectors.shape[2]
+
+    def forward(self, class_ids: torch.Tensor) -> torch.Tensor:
+        """(C',) class ids -> their prompts' vectors, (C', K, M, d_tok). (A forward for DDP.)"""
+        return self.vectors[class_ids]
+
+    @torch.no_grad()
+    def fit(self, backbone: Backbone, templates: list[PromptTemplate]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode every class's K prompts with its template; return mean and std, each (C, L, d)."""
+        means, stds = [], []
+        for c, template in enumerate(templates):
+            hidden, _ = encode_prompts(backbone, self.vectors[c].to(backbone.device), template)  # (K, L, d)
+            mean, std = gaussian_stats(hidden.float())
+            means.append(mean)
+            stds.append(std)
+        return torch.stack(means), torch.stack(stds)
+
+
+def nearest_tokens(backbone: Backbone, vectors: torch.Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """Nearest vocabulary words (cosine) of each learned token, averaged over the K prompts.
+
+    Args:
+        vectors: (K, M, d_tok) learned embeddings of one concept.
+    Returns:
+        M lists of ``top_k`` (token, cosine) pairs.
+    """
+    table = F.normalize(backbone.token_embedding.weight.detach().float().cpu(), dim=-1)  # (V, d_tok)
+    mean = F.normalize(vectors.detach().float().cpu().mean(dim=0), dim=-1)  # (M, d_tok)
+    scores, index = (mean @ table.T).topk(top_k, dim=-1)  # (M, top_k)
+    decode = backbone.tokenizer.convert_ids_to_tokens
+    return [
+        [(decode(int(i)).replace("</w>", ""), float(s)) for s, i in zip(row_s, row_i)]
+        for row_s, row_i in zip(scores, index)
+    ]

@@ -1,0 +1,130 @@
+"""Tiny random Stable Diffusion components built from config, as diffusers' own tests do.
+
+Used by the test-suite and the benchmarks: no download, seconds to build, every code path the
+same as a real checkpoint's (real classes, a real CLIP BPE tokenizer, a saved pipeline folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from dreamdist.tokenizers import build_clip_tokenizer
+
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "in",
+    "on",
+    "at",
+    "by",
+    "with",
+    "and",
+    "photo",
+    "painting",
+    "picture",
+    "image",
+    "style",
+    "cathedral",
+    "church",
+    "dog",
+    "cat",
+    "toy",
+    "red",
+    "green",
+    "blue",
+    "night",
+    "day",
+    "snow",
+    "beach",
+    "forest",
+    "city",
+    "sketch",
+    "oil",
+    "watercolor",
+    "old",
+    "new",
+    "big",
+    "small",
+    "view",
+]
+
+
+def tiny_components(
+    folder: str | Path,
+    prediction_type: str = "epsilon",
+    seed: int = 0,
+    hidden_size: int = 32,
+    sample_size: int = 16,
+) -> dict:
+    """Build tokenizer, text encoder, VAE, UNet and scheduler (random weights, fixed seed).
+
+    Images are ``2 * sample_size`` pixels on a side (the VAE halves them).
+    """
+    tokenizer = build_clip_tokenizer(list(WORDS), Path(folder) / "tokenizer_src")
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=hidden_size,
+        )
+    )
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=hidden_size,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=2 * sample_size,
+    )
+    scheduler = DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=prediction_type,
+        clip_sample=False,
+        steps_offset=1,
+    )
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "unet": unet,
+        "scheduler": scheduler,
+    }
+
+
+def save_tiny_pipeline(folder: str | Path, **kwargs) -> Path:
+    """Write tiny components as an ordinary diffusers ``StableDiffusionPipeline`` folder."""
+    folder = Path(folder)
+    parts = tiny_components(folder, **kwargs)
+    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder / "pipeline", safe_serialization=True)
+    return folder / "pipeline"

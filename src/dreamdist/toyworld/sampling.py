@@ -1,0 +1,40 @@
+"""Default sampler settings of the toy model, and a pipeline builder used by training and tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers import DPMSolverMultistepScheduler, SchedulerMixin, StableDiffusionPipeline
+
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 3.0
+
+
+def sampling_scheduler(training_scheduler: SchedulerMixin) -> DPMSolverMultistepScheduler:
+    """The scheduler shipped with the model: DPM-Solver++ (2M) on the training noise schedule."""
+    return DPMSolverMultistepScheduler.from_config(training_scheduler.config)
+
+
+def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` without safety checker from in-memory components."""
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_pipeline(folder: str | Path | None = None, device: str = "cpu") -> StableDiffusionPipeline:
+    """Load the shipped toy pipeline (or the one in ``folder``) with its progress bar off."""
+    from dreamdist.toyworld import model_dir
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder or model_dir()))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
