@@ -14,7 +14,24 @@ import transformers
 from dreamdist.evaluation.inception import FIDInceptionV3
 from dreamdist.tokenizers import build_clip_tokenizer
 
-WORDS = ["a", "photo", "of", "the", "cat", "dog", "red", "blue", "cathedral", "painting", "in", "snow", "at", "night", "style", "toy"]
+WORDS = [
+    "a",
+    "photo",
+    "of",
+    "the",
+    "cat",
+    "dog",
+    "red",
+    "blue",
+    "cathedral",
+    "painting",
+    "in",
+    "snow",
+    "at",
+    "night",
+    "style",
+    "toy",
+]
 _PIL = int(transformers.__version__.split(".")[0]) >= 5  # v5 names the PIL processors *Pil
 
 
