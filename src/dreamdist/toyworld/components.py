@@ -62,7 +62,7 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_unet(channels: tuple[int, ...] = (64, 128, 128), layers_per_block: int = 1) -> UNet2DConditionModel:
+def build_unet(channels: tuple[int, ...] = (32, 64, 128), layers_per_block: int = 1) -> UNet2DConditionModel:
     """The denoiser on 16 x 16 x 4 latents; cross-attention at 16 x 16, 8 x 8 and 4 x 4 (mid)."""
     return UNet2DConditionModel(
         sample_size=IMAGE_SIZE // 2,
@@ -87,4 +87,5 @@ def build_scheduler() -> DDPMScheduler:
         beta_end=0.02,
         prediction_type="v_prediction",
         clip_sample=False,
+        steps_offset=1,
     )

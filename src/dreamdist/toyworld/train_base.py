@@ -107,7 +107,6 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     ema_text, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    oracle = load_oracle() if ORACLE_FILE.is_file() else None
     generator = torch.Generator(device).manual_seed(cfg.seed)
     loss_rows, eval_rows, smooth = [], [], None
     start, last_eval, step = time.time(), time.time(), 0
@@ -119,7 +118,8 @@ def train_base(cfg: BaseTrainConfig) -> Path:
             scheduler=sampling_scheduler(scheduler),
         )  # fmt: skip
         row = {"step": step, "minutes": round(minutes, 2), "images": step * cfg.batch_size}
-        if oracle is not None:
+        if ORACLE_FILE.is_file():  # looked up at each evaluation: it may be trained alongside
+            oracle = load_oracle()
             pipe = assemble_pipeline(**components)
             for split in ("seen", "held_out"):
                 scores = oracle_accuracy(pipe, oracle, split=split, n=cfg.eval_images, seed=1000 + step)

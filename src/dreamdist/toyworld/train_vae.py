@@ -34,7 +34,7 @@ def vae_loss(vae: AutoencoderKL, pixels: torch.Tensor, kl_weight: float) -> tupl
 @torch.no_grad()
 def latent_std(vae: AutoencoderKL, n: int = 1024, seed: int = 99, device: str = "cpu") -> float:
     """Std of sampled latents of ``n`` fresh renders (to set ``scaling_factor = 1 / std``)."""
-    pixels = render(n, seed=seed, split="all").images.to(device) * 2 - 1
+    pixels = render(n, seed=seed, split="seen").images.to(device) * 2 - 1
     latents = torch.cat([vae.encode(chunk).latent_dist.sample() for chunk in pixels.split(128)])
     return float(latents.std())
 
@@ -66,7 +66,7 @@ def train_vae(
     while time.time() - start < minutes * 60 and (max_steps is None or step < max_steps):
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 100)
-        pixels = render(batch_size, seed=seed * 1_000_003 + step, split="all").images.to(device) * 2 - 1
+        pixels = render(batch_size, seed=seed * 1_000_003 + step, split="seen").images.to(device) * 2 - 1
         loss, mse = vae_loss(vae, pixels, kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

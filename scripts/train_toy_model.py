@@ -1,0 +1,9 @@
+"""Train dreamdist's built-in toy text-to-image model from scratch (see dreamdist.toyworld.train_base).
+
+python scripts/train_toy_model.py --threads 1 --vae-minutes 4 --unet-minutes 55
+"""
+
+from dreamdist.toyworld.train_base import main
+
+if __name__ == "__main__":
+    main()
