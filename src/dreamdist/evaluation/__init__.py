@@ -1,0 +1,38 @@
+"""Evaluation: feature extractors (``features``), pure metric functions (``metrics``), reports.
+
+``dreamdist eval`` / ``dreamdist compare`` live in ``evaluation.cli``; the library entry point
+is :func:`evaluate` on two :class:`ImageSet`s. Attributes load lazily, so importing the CLI
+module does not import torch or transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "EvalConfig": "evaluate",
+    "evaluate": "evaluate",
+    "ImageSet": "images",
+    "load_image_set": "images",
+    "METRICS": "defaults",
+    "DEFAULT_METRICS": "defaults",
+    **{
+        name: "metrics"
+        for name in (
+            "clip_t",
+            "frechet_distance",
+            "frechet_distance_from_stats",
+            "gaussian_stats",
+            "knn_radii",
+            "manifold_metrics",
+            "mean_cosine_similarity",
+        )
+    },
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"dreamdist.evaluation.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'dreamdist.evaluation' has no attribute {name!r}")

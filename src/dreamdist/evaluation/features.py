@@ -33,10 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dreamdist.evaluation import inception
-
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-DEFAULT_DINO = "facebook/dino-vits16"
-DEFAULT_DINOV2 = "facebook/dinov2-base"
+from dreamdist.evaluation.defaults import DEFAULT_CLIP, DEFAULT_DINO, DEFAULT_DINOV2
 
 Images = Sequence[Image.Image] | torch.Tensor
 

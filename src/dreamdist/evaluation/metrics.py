@@ -6,9 +6,10 @@ the precision the features were extracted in. Inputs too small for a metric rais
 with the count that is needed: a metric never returns NaN.
 
 Conventions, and where they differ from reference libraries:
-- FID: unbiased covariance (N - 1), as ``numpy.cov`` / pytorch-fid; the matrix square root is
-  taken through symmetric eigen-decompositions instead of ``scipy.linalg.sqrtm`` of the
-  non-symmetric product (same value, no complex round-off, exact for singular covariances).
+- FID: unbiased covariance (N - 1), as ``numpy.cov`` / pytorch-fid; ``tr((S1 S2)^(1/2))`` comes
+  from eigenvalues of a symmetric matrix (or singular values of A1 A2^T for small sets) instead of
+  ``scipy.linalg.sqrtm`` of the non-symmetric product: the same value, no complex round-off, and
+  exact for singular covariances (fewer images than feature dimensions).
 - Density / coverage / precision / recall (Naeem et al., 2020): the k-NN ball is closed
   (``||y - x|| <= r``) by default; the ``prdc`` package uses an open ball (``<``). Both are
   offered (``boundary="inclusive" | "exclusive"``); they differ only for points exactly on a ball's
@@ -93,16 +94,30 @@ def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     return (eigenvectors * eigenvalues.clamp_min(0).sqrt()) @ eigenvectors.T
 
 
+def _trace_sqrt_product(sigma1: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
+    """``tr((S1 S2)^(1/2))`` for symmetric PSD (d, d) matrices.
+
+    With any F such that F F^T = S1, ``F^T S2 F`` is symmetric PSD with the eigenvalues of
+    ``S1 S2``; F is the Cholesky factor (cheap) or, when S1 is singular, its PSD square root.
+    Only eigenvalues are computed (``eigvalsh``), never ``sqrtm`` of a non-symmetric matrix.
+    """
+    factor, info = torch.linalg.cholesky_ex(sigma1)  # (d, d) lower triangular
+    if int(info) != 0:  # not positive definite (fewer samples than dimensions): use S1^(1/2)
+        factor = _psd_sqrt(sigma1)
+    inner = factor.T @ sigma2 @ factor  # (d, d)
+    return torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
+
+
 def frechet_distance_from_stats(
     mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
 ) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
-    ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``, where
-    ``tr((S1 S2)^(1/2)) = sum sqrt(eig(S1^(1/2) S2 S1^(1/2)))``: the inner matrix is symmetric PSD,
-    so two ``eigh`` calls replace ``scipy.linalg.sqrtm`` of the non-symmetric ``S1 S2`` and stay
-    exact when the covariances are singular (fewer images than feature dimensions). The result
-    is clipped at 0 (round-off can make ``fd(x, x)`` -1e-12).
+    ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``; the trace of the square root
+    is a sum of square-rooted eigenvalues of a symmetric PSD matrix similar to ``S1 S2``, so it
+    stays real and exact for singular covariances (where ``scipy.linalg.sqrtm(S1 @ S2)`` needs an
+    epsilon and drops an imaginary part). The result is clipped at 0 (round-off can make
+    ``fd(x, x)`` -1e-12).
 
     Args:
         mu1, mu2: (d,) means.
@@ -117,9 +132,7 @@ def frechet_distance_from_stats(
             f"inconsistent Gaussian statistics: mu1 {tuple(mu1.shape)}, sigma1 {tuple(sigma1.shape)}, "
             f"mu2 {tuple(mu2.shape)}, sigma2 {tuple(sigma2.shape)}; expected (d,) and (d, d) for one d"
         )
-    sqrt1 = _psd_sqrt(sigma1)  # (d, d)
-    inner = sqrt1 @ sigma2 @ sqrt1  # (d, d) symmetric PSD, same spectrum as S1 S2
-    trace_sqrt = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
+    trace_sqrt = _trace_sqrt_product(sigma1, sigma2)
     distance = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt
     return max(float(distance), 0.0)
 
@@ -127,18 +140,28 @@ def frechet_distance_from_stats(
 def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (FID on Inception features).
 
+    Same value as ``frechet_distance_from_stats(*gaussian_stats(x1), *gaussian_stats(x2))``.
+    When the sets are small next to d (the usual few-reference case), it never forms a (d, d)
+    matrix: with centred features A1 (N1, d), A2 (N2, d),
+    ``tr((S1 S2)^(1/2)) = ||A1 A2^T||_* / sqrt((N1 - 1)(N2 - 1))`` (nuclear norm: the eigenvalues
+    of S1 S2 are the squared singular values of A1 A2^T, scaled), an (N1, N2) SVD.
+
     Args:
         features1: (N1, d), N1 >= 2.
         features2: (N2, d), N2 >= 2.
     """
-    mu1, sigma1 = gaussian_stats(features1)
-    mu2, sigma2 = gaussian_stats(features2)
-    if mu1.shape != mu2.shape:
-        raise ValueError(
-            f"feature sets have different sizes ({mu1.shape[0]} vs {mu2.shape[0]}); "
-            "extract both sets with the same model"
-        )
-    return frechet_distance_from_stats(mu1, sigma1, mu2, sigma2)
+    x1 = _as_features(features1, "features1", min_rows=2, why="a covariance (FID)")
+    x2 = _as_features(features2, "features2", min_rows=2, why="a covariance (FID)")
+    _same_width(x1, x2, "the two feature sets")
+    (n1, d), n2 = x1.shape, x2.shape[0]
+    if n1 * n2 * min(n1, n2) > d**3:  # the (d, d) route is cheaper
+        return frechet_distance_from_stats(*gaussian_stats(x1), *gaussian_stats(x2))
+    mu1, mu2 = x1.mean(dim=0), x2.mean(dim=0)  # (d,)
+    a1, a2 = x1 - mu1, x2 - mu2  # (N1, d), (N2, d) centred
+    trace_sqrt = torch.linalg.svdvals(a1 @ a2.T).sum() / ((n1 - 1) * (n2 - 1)) ** 0.5
+    traces = a1.square().sum() / (n1 - 1) + a2.square().sum() / (n2 - 1)  # tr(S1) + tr(S2)
+    distance = (mu1 - mu2).square().sum() + traces - 2 * trace_sqrt
+    return max(float(distance), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,249 @@
+"""Evaluate a generated image set against a reference set: features (cached) -> metrics -> report.
+
+Which features each metric uses (METHODS.md section 7):
+
+| metric | features |
+| --- | --- |
+| fid | InceptionV3 pool (2048) |
+| clip-i, clip-t | CLIP image (and text) embeddings |
+| dino | DINO v1 ViT-S/16 CLS |
+| density, coverage, precision, recall | DINOv2 CLS, k-NN radius with k = 5 |
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from dreamdist.evaluation import features as F
+from dreamdist.evaluation import metrics as M
+from dreamdist.evaluation.cache import cached_features
+from dreamdist.evaluation.defaults import DEFAULT_METRICS, FEATURES_OF, MANIFOLD, METRICS
+from dreamdist.evaluation.images import ImageSet
+
+REPORT_FORMAT = 1
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation.
+
+    Attributes:
+        metrics: names from ``METRICS``.
+        k: nearest-neighbour rank of density/coverage/precision/recall radii.
+        boundary: ``inclusive`` (closed k-NN balls, paper) or ``exclusive`` (open, the prdc package).
+        prompt: text for CLIP-T, overriding per-image manifest prompts.
+        clip_model, dino_model, dinov2_model: hub ids or local folders.
+        inception_weights: local FID Inception checkpoint (needed by ``fid``).
+        device: ``cpu``, ``cuda``, ... (None: CUDA when available).
+        batch_size: images per forward pass.
+        cache_dir: feature cache folder; None disables the cache.
+        local_files_only: never reach the network for model weights.
+        progress: show progress bars.
+    """
+
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    k: int = 5
+    boundary: str = "inclusive"
+    prompt: str | None = None
+    clip_model: str = F.DEFAULT_CLIP
+    dino_model: str = F.DEFAULT_DINO
+    dinov2_model: str = F.DEFAULT_DINOV2
+    inception_weights: str | None = None
+    device: str | None = None
+    batch_size: int = 32
+    cache_dir: str | Path | None = None
+    local_files_only: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        self.metrics = tuple(dict.fromkeys(self.metrics))  # de-duplicate, keep order
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise ValueError(f"unknown metric(s) {unknown or '(none given)'}; choose from {','.join(METRICS)}")
+        if self.k < 1:
+            raise ValueError(f"--k must be >= 1; got {self.k}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1; got {self.batch_size}")
+        if self.boundary not in ("inclusive", "exclusive"):
+            raise ValueError(f"--boundary must be inclusive or exclusive; got {self.boundary!r}")
+        if "fid" in self.metrics and not self.inception_weights:
+            raise ValueError(
+                "fid needs the FID Inception weights, which are never downloaded: pass the path of "
+                "pt_inception-2015-12-05-6726825d.pth (or a .safetensors copy) with --inception-weights or "
+                "DREAMDIST_INCEPTION_WEIGHTS, or leave fid out of --metrics"
+            )
+
+
+def check_counts(config: EvalConfig, n_real: int, n_generated: int) -> None:
+    """Raise ``ValueError`` before any extraction when a set is too small for a requested metric."""
+    needs = []
+    if "fid" in config.metrics:
+        needs += [("fid", "reference", n_real, 2), ("fid", "generated", n_generated, 2)]
+    if any(m in config.metrics for m in MANIFOLD):
+        needs.append(("density/coverage/precision", "reference", n_real, config.k + 1))
+    if "recall" in config.metrics:
+        needs.append(("recall", "generated", n_generated, config.k + 1))
+    for metric, side, have, need in needs:
+        if have < need:
+            raise ValueError(
+                f"{metric} needs at least {need} {side} images (k={config.k}) but {have} usable were found; "
+                f"add images, lower --k, or leave {metric} out of --metrics"
+            )
+
+
+def clip_t_prompts(config: EvalConfig, generated: ImageSet) -> tuple[list[str], str]:
+    """The prompt of each generated image for CLIP-T and where it came from."""
+    if config.prompt is not None:
+        return [config.prompt], "--prompt"
+    prompts = generated.prompts or []
+    missing = sum(p is None for p in prompts) if prompts else len(generated)
+    if missing:
+        raise ValueError(
+            f'clip-t needs a prompt: {missing} of {len(generated)} generated images have no "prompt" in '
+            f"{generated.folder / 'manifest.jsonl'}; pass --prompt TEXT"
+        )
+    return list(prompts), "manifest"
+
+
+def _build(kind: str, config: EvalConfig):
+    local = config.local_files_only
+    if kind == "clip":
+        return F.CLIPFeatures(config.clip_model, config.device, local_files_only=local)
+    if kind == "dino":
+        return F.DINOFeatures(config.dino_model, config.device, local_files_only=local)
+    if kind == "dinov2":
+        return F.DINOv2Features(config.dinov2_model, config.device, local_files_only=local)
+    return F.InceptionFeatures(config.inception_weights, config.device)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("dreamdist", "torch", "transformers", "numpy", "safetensors", "pillow", "scipy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _side(image_set: ImageSet) -> dict:
+    return {
+        "folder": str(image_set.folder),
+        "count": len(image_set),
+        "skipped": [{"file": str(path), "reason": why} for path, why in image_set.report.skipped],
+        "sha256": image_set.hash,
+        "manifest": bool(image_set.records),
+    }
+
+
+def evaluate(real: ImageSet, generated: ImageSet, config: EvalConfig, labels: dict | None = None) -> dict:
+    """Compute ``config.metrics`` of ``generated`` against ``real``; return the report dict.
+
+    Features are extracted once per (model, image set) and cached; models are loaded one at a
+    time and released before the next, so peak memory is one model.
+
+    Args:
+        real: the reference set R.
+        generated: the generated set G.
+        config: metrics and models.
+        labels: ``method`` / ``scenario`` names for ``compare`` (stored as given).
+
+    Returns:
+        The report: ``metrics`` (name -> float) plus everything needed to reproduce them.
+    """
+    check_counts(config, len(real), len(generated))
+    prompts, prompt_source = clip_t_prompts(config, generated) if "clip-t" in config.metrics else ([], None)
+    kinds = list(dict.fromkeys(FEATURES_OF[m] for m in config.metrics))
+    values: dict[str, float] = {}
+    spaces: dict[str, dict] = {}
+    notes: list[str] = []
+    for kind in kinds:
+        extractor = _build(kind, config)
+        feats, cached = {}, {}
+        for side, image_set in (("real", real), ("generated", generated)):
+            if kind == "clip" and side == "real" and "clip-i" not in config.metrics:
+                continue  # CLIP-T alone needs only the generated images
+            feats[side], cached[side] = cached_features(
+                extractor,
+                image_set.images,
+                image_set.hash,
+                config.cache_dir,
+                batch_size=config.batch_size,
+                progress=config.progress,
+                desc=f"{kind} {side}",
+            )
+        values.update(_metrics_of(kind, feats, config, extractor, prompts))
+        info = extractor.info
+        spaces[kind] = {
+            "model_id": info.model_id,
+            "weights": info.weights,
+            "dim": info.dim,
+            "preprocessing": info.preprocessing,
+            "from_cache": cached,
+        }
+        if kind == "inception":
+            spaces[kind]["standard_weights"] = extractor.standard_weights
+            if not extractor.standard_weights:
+                notes.append("FID uses non-standard Inception weights: not comparable with published FIDs")
+            smallest = min(len(real), len(generated))
+            if smallest < info.dim:
+                notes.append(
+                    f"FID from {smallest} images in {info.dim}-d: covariances are rank-deficient and FID is "
+                    "biased upward; compare FIDs only across runs with the same image counts"
+                )
+        del extractor
+        gc.collect()
+    return {
+        "format": REPORT_FORMAT,
+        "method": (labels or {}).get("method"),
+        "scenario": (labels or {}).get("scenario"),
+        "metrics": {name: values[name] for name in config.metrics},
+        "real": _side(real),
+        "generated": _side(generated),
+        "features": spaces,
+        "settings": {
+            "metrics": list(config.metrics),
+            "k": config.k,
+            "boundary": config.boundary,
+            "prompt": config.prompt,
+            "prompt_source": prompt_source,
+            "device": str(F._device(config.device)),
+        },
+        "versions": _versions(),
+        "notes": notes,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+    }
+
+
+def _metrics_of(kind: str, feats: dict, config: EvalConfig, extractor, prompts: list[str]) -> dict[str, float]:
+    """The requested metrics that ``kind`` features serve."""
+    wanted = [m for m in config.metrics if FEATURES_OF[m] == kind]
+    out: dict[str, float] = {}
+    if kind == "inception":
+        out["fid"] = M.frechet_distance(feats["real"], feats["generated"])
+    elif kind == "dino":
+        out["dino"] = M.mean_cosine_similarity(feats["generated"], feats["real"])
+    elif kind == "clip":
+        if "clip-i" in wanted:
+            out["clip-i"] = M.mean_cosine_similarity(feats["generated"], feats["real"])
+        if "clip-t" in wanted:
+            unique = list(dict.fromkeys(prompts))  # encode each distinct prompt once
+            text = extractor.encode_text(unique)  # (P, d)
+            position = {prompt: i for i, prompt in enumerate(unique)}
+            rows = torch.tensor([position[p] for p in prompts])  # (N,) or (1,) for one --prompt
+            out["clip-t"] = M.clip_t(feats["generated"], text[rows])
+    else:
+        manifold = M.manifold_metrics(
+            feats["real"], feats["generated"], k=config.k, boundary=config.boundary, recall="recall" in wanted
+        )
+        out.update({m: manifold[m] for m in wanted})
+    return out

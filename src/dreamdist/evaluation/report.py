@@ -1,0 +1,135 @@
+"""Write and read evaluation reports: ``report.json`` (everything), ``report.md`` and ``metrics.png``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dreamdist.evaluation.defaults import FEATURES_OF
+
+REPORT_JSON = "report.json"
+LABELS = {
+    "fid": "FID",
+    "clip-i": "CLIP-I",
+    "clip-t": "CLIP-T",
+    "dino": "DINO",
+    "density": "Density",
+    "coverage": "Coverage",
+    "precision": "Precision",
+    "recall": "Recall",
+}
+LOWER_IS_BETTER = {"fid"}
+
+
+def label(metric: str) -> str:
+    """Display name with the better direction, e.g. ``FID ↓``."""
+    return f"{LABELS.get(metric, metric)} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
+
+
+def fmt(metric: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if metric == "fid" else f"{value:.4f}"
+
+
+def require_matplotlib():
+    """matplotlib's object API with the Agg canvas (no pyplot, no global backend switch)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'dreamdist[eval]'") from None
+    return Figure
+
+
+def render_markdown(report: dict) -> str:
+    """One evaluation as a Markdown page: metric table, inputs, settings, notes."""
+    title = " / ".join(x for x in (report.get("method"), report.get("scenario")) if x) or "evaluation"
+    lines = [f"# dreamdist eval: {title}", "", "| metric | value | features |", "| --- | --- | --- |"]
+    for metric, value in report["metrics"].items():
+        space = report["features"].get(FEATURES_OF.get(metric, ""), {})
+        lines.append(
+            f"| {label(metric)} | {fmt(metric, value)} | {space.get('model_id', '')} ({space.get('dim', '?')}-d) |"
+        )
+    lines.append("")
+    for side, name in (("real", "Reference"), ("generated", "Generated")):
+        info = report[side]
+        skipped = f", {len(info['skipped'])} skipped" if info["skipped"] else ""
+        manifest = " (manifest.jsonl)" if info.get("manifest") else ""
+        lines.append(
+            f"- {name}: `{info['folder']}`{manifest}: {info['count']} images{skipped}; sha256 `{info['sha256'][:16]}`"
+        )
+    settings, versions = report["settings"], report["versions"]
+    lines.append(f"- k = {settings['k']} ({settings['boundary']} k-NN balls); device {settings['device']}")
+    if settings.get("prompt_source"):
+        lines.append(f"- CLIP-T prompts from {settings['prompt_source']}")
+    lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if report.get("notes"):
+        lines += ["", "Notes:", *[f"- {note}" for note in report["notes"]]]
+    skipped = [(side, s) for side in ("real", "generated") for s in report[side]["skipped"]]
+    if skipped:
+        lines += ["", "Skipped files:", *[f"- {side}: `{s['file']}`: {s['reason']}" for side, s in skipped]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_report(report: dict, path: Path) -> Path:
+    """Bar chart of one evaluation's metrics (FID on its own axis: another scale)."""
+    Figure = require_matplotlib()
+    bounded = [m for m in report["metrics"] if m != "fid"]
+    has_fid = "fid" in report["metrics"]
+    panels = int(bool(bounded)) + int(has_fid)
+    fig = Figure(figsize=(3 + 0.8 * len(bounded) + 1.5 * has_fid, 3.2), layout="constrained")
+    axes = fig.subplots(1, panels, width_ratios=[max(len(bounded), 1)] * bool(bounded) + [1] * has_fid, squeeze=False)[
+        0
+    ]
+    if bounded:
+        values = [report["metrics"][m] for m in bounded]
+        axes[0].bar([label(m) for m in bounded], values, color="tab:blue")
+        axes[0].axhline(1.0, color="grey", lw=0.8, ls="--")
+        axes[0].tick_params(axis="x", labelrotation=30)
+        for i, v in enumerate(values):
+            axes[0].annotate(f"{v:.3f}", (i, v), ha="center", va="bottom", fontsize=8)
+    if has_fid:
+        axes[-1].bar([label("fid")], [report["metrics"]["fid"]], color="tab:red")
+    fig.suptitle(" / ".join(x for x in (report.get("method"), report.get("scenario")) if x) or "evaluation")
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_report(report: dict, out: str | Path, plot: bool = True) -> list[Path]:
+    """Write ``report.json``, ``report.md`` and (``plot``) ``metrics.png`` into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    written = [out / REPORT_JSON, out / "report.md"]
+    if plot:
+        written.append(plot_report(report, out / "metrics.png"))
+    return written
+
+
+def find_reports(path: str | Path) -> list[Path]:
+    """``report.json`` files at ``path`` (a file, a report folder, or a folder of report folders)."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith(".json"):
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist; pass folders written by `dreamdist eval --out`")
+    if (path / REPORT_JSON).is_file():
+        return [path / REPORT_JSON]
+    found = sorted(path.rglob(REPORT_JSON))
+    if not found:
+        raise ValueError(
+            f"no {REPORT_JSON} in {path} or its sub-folders; pass folders written by `dreamdist eval --out`"
+        )
+    return found
+
+
+def read_report(path: Path) -> dict:
+    """Load one ``report.json`` and check it has what ``compare`` uses."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable report ({exc}); re-run `dreamdist eval`") from None
+    if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
+        raise ValueError(f'{path} has no "metrics" table; is it a report written by `dreamdist eval`?')
+    return report
