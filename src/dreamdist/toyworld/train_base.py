@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
 
 from dreamdist.toyworld.components import build_scheduler, build_text_encoder, build_tokenizer, build_unet
 from dreamdist.toyworld.curves import plot_curves, write_csv
@@ -41,7 +42,8 @@ class BaseTrainConfig:
     seed: int = 0  # seeds init, data, noise and timesteps
     threads: int = 1  # torch CPU threads
     device: str = "auto"  # "auto" = cuda when present, else cpu
-    vae_minutes: float = 4.0  # stage-1 budget
+    vae_minutes: float = 6.0  # stage-1 budget
+    vae_path: Path | None = None  # reuse a trained VAE folder (skips stage 1)
     unet_minutes: float = 55.0  # stage-2 budget
     max_steps: int | None = None  # stage-2 step cap (reproducible stopping point)
     batch_size: int = 32
@@ -98,7 +100,12 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    vae = train_vae(minutes=cfg.vae_minutes, seed=cfg.seed, device=device).requires_grad_(False)
+    if cfg.vae_path is not None:
+        vae = AutoencoderKL.from_pretrained(cfg.vae_path).to(device)
+    else:
+        vae = train_vae(minutes=cfg.vae_minutes, seed=cfg.seed, device=device)
+        vae.save_pretrained(out.parent / f"{out.name}_vae")  # reusable with --vae-path
+    vae.requires_grad_(False).eval()
 
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(out.parent / "_tokenizer_build")
@@ -178,7 +185,7 @@ def parse_args(argv: list[str] | None = None) -> BaseTrainConfig:
     for name, value in asdict(defaults).items():
         kind = {Path: Path, bool: bool}.get(type(value), type(value))
         if value is None:
-            kind = int
+            kind = Path if name.endswith("path") else int
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
     return BaseTrainConfig(**vars(parser.parse_args(argv)))
 
