@@ -108,7 +108,7 @@ def load_artifact(path: str | Path, allow_pickle: bool = False) -> Artifact:
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get("dreamdist")
-            tensors = {key: handle.get_tensor(key) for key in handle}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
     if raw is None:

@@ -88,7 +88,8 @@ class Backbone:
         path = resolve_model(model)
         device = pick_device(str(device) if device is not None else None)
         torch_dtype = pick_dtype(dtype, device)
-        safe = {"use_safetensors": not allow_pickle}
+        # safetensors only; with allow_pickle the libraries fall back to .bin, read with weights_only=True
+        safe = {} if allow_pickle else {"use_safetensors": True}
         vae_dtype = torch.bfloat16 if torch_dtype == torch.bfloat16 else torch.float32
         try:
             tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")

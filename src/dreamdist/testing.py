@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -128,3 +130,15 @@ def save_tiny_pipeline(folder: str | Path, **kwargs) -> Path:
     pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder / "pipeline", safe_serialization=True)
     return folder / "pipeline"
+
+
+def write_images(folder, count: int, seed: int = 0, size=(80, 72)):
+    """Write ``count`` random-colour PNGs (smooth gradients, so the VAE sees structure)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        base = rng.integers(0, 255, 3)
+        ramp = np.linspace(0, 1, size[0])[None, :, None]
+        array = np.clip(base * (0.5 + ramp) + rng.normal(0, 10, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(array).save(folder / f"img_{i:02d}.png")
+    return folder

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from dreamdist.artifact import save_artifact
@@ -117,10 +119,13 @@ def train(config: TrainConfig, method_config=None) -> Path:
     out = Path(config.out)
     if not config.resume and list_checkpoints(out):
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    # a second train() in one process may ask for another precision: drop the previous run's
+    # accelerator settings (the distributed PartialState, if any, is kept)
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         log_with="tensorboard" if config.tensorboard else None,
-        project_dir=str(out),
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     # frozen weights: as asked, else the autocast dtype (fp32 without mixed precision)
     dtype = config.dtype or {"fp16": "fp16", "bf16": "bf16"}.get(config.mixed_precision, "fp32")
@@ -178,7 +183,7 @@ def train(config: TrainConfig, method_config=None) -> Path:
                     finite = False
                     break
                 accelerator.backward(total / config.gradient_accumulation)
-                logs = {"loss": float(loss), **cond.logs}
+                logs = {"loss": float(loss.detach()), **cond.logs}
             if not finite:
                 streak += 1
                 log.warning("non-finite loss at step %d (%d in a row); step skipped", step + 1, streak)
