@@ -53,7 +53,9 @@ def test_k_prompts_are_encoded_once_per_step(refs, backbone):
 
     method.setup(backbone, ReferenceSet.from_folder(refs, 32), torch.Generator().manual_seed(0))
     calls = []
-    handle = backbone.text_encoder.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape if i else None))
+    handle = backbone.text_encoder.encoder.register_forward_hook(
+        lambda m, i, o: calls.append(i[0].shape if i else None)
+    )
     try:
         handle_kw = backbone.text_encoder.encoder.register_forward_pre_hook(
             lambda m, args, kwargs: calls.append(kwargs["inputs_embeds"].shape), with_kwargs=True
