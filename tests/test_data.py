@@ -19,7 +19,6 @@ from dreamdist.data import (
     open_image,
     resize_center_crop,
 )
-
 from dreamdist.testing import write_images
 
 CATHEDRAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cathedral"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from dreamdist.tokenizers import build_clip_tokenizer
