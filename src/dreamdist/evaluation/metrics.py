@@ -87,11 +87,21 @@ def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mu, sigma
 
 
+def _clip_round_off(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """Zero the eigenvalues of a PSD matrix that are round-off (below d * eps * the largest).
+
+    Their square roots (~1e-8 relative each) would otherwise add up to a visible error when the
+    matrix is singular, e.g. FID from fewer images than feature dimensions.
+    """
+    floor = eigenvalues.shape[0] * torch.finfo(eigenvalues.dtype).eps * eigenvalues.abs().max()
+    return torch.where(eigenvalues > floor, eigenvalues, torch.zeros_like(eigenvalues))
+
+
 def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
-    """Square root of a symmetric positive semi-definite matrix (negative round-off clipped)."""
+    """Square root of a symmetric positive semi-definite matrix (round-off eigenvalues zeroed)."""
     matrix = (matrix + matrix.T) / 2  # (d, d) exact symmetry for eigh
     eigenvalues, eigenvectors = torch.linalg.eigh(matrix)  # (d,), (d, d)
-    return (eigenvectors * eigenvalues.clamp_min(0).sqrt()) @ eigenvectors.T
+    return (eigenvectors * _clip_round_off(eigenvalues).sqrt()) @ eigenvectors.T
 
 
 def _trace_sqrt_product(sigma1: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
@@ -105,7 +115,7 @@ def _trace_sqrt_product(sigma1: torch.Tensor, sigma2: torch.Tensor) -> torch.Ten
     if int(info) != 0:  # not positive definite (fewer samples than dimensions): use S1^(1/2)
         factor = _psd_sqrt(sigma1)
     inner = factor.T @ sigma2 @ factor  # (d, d)
-    return torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
+    return _clip_round_off(torch.linalg.eigvalsh((inner + inner.T) / 2)).sqrt().sum()
 
 
 def frechet_distance_from_stats(
@@ -219,9 +229,16 @@ DEFAULT_CHUNK = 1024  # rows per distance block: 1024 x 10k float64 = 80 MB
 
 
 def _squared_distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
-    """(A, B) squared Euclidean distances between rows of ``a`` (A, d) and ``b`` (B, d)."""
+    """(A, B) squared Euclidean distances between rows of ``a`` (A, d) and ``b`` (B, d).
+
+    ``|a|^2 + |b|^2 - 2 a.b`` (one matmul) leaves round-off of ~eps * (|a|^2 + |b|^2) where the
+    true distance is 0; values below 8 eps times that scale are set to exactly 0, so duplicated
+    points are at distance 0 from each other, as in an exact computation.
+    """
     a_sq = a.square().sum(dim=1, keepdim=True)  # (A, 1)
-    return (a_sq + b_sq[None, :] - 2 * a @ b.T).clamp_min_(0)  # (A, B)
+    scale = a_sq + b_sq[None, :]  # (A, B)
+    d2 = scale - 2 * a @ b.T  # (A, B)
+    return d2.masked_fill_(d2 <= 8 * torch.finfo(d2.dtype).eps * scale, 0.0)
 
 
 def _check_k(k: int) -> None:
