@@ -63,6 +63,8 @@ def tiny_components(
     seed: int = 0,
     hidden_size: int = 32,
     sample_size: int = 16,
+    text_layers: int = 2,
+    unet_channels: tuple[int, int] = (8, 16),
 ) -> dict:
     """Build tokenizer, text encoder, VAE, UNet and scheduler (random weights, fixed seed).
 
@@ -74,8 +76,8 @@ def tiny_components(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,
-            intermediate_size=37,
-            num_hidden_layers=2,
+            intermediate_size=37 if hidden_size <= 32 else 4 * hidden_size,
+            num_hidden_layers=text_layers,
             num_attention_heads=4,
             max_position_embeddings=tokenizer.model_max_length,
             bos_token_id=tokenizer.bos_token_id,
@@ -85,7 +87,7 @@ def tiny_components(
         )
     )
     unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
+        block_out_channels=unet_channels,
         layers_per_block=1,
         sample_size=sample_size,
         in_channels=4,
@@ -93,7 +95,7 @@ def tiny_components(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=hidden_size,
-        attention_head_dim=4,
+        attention_head_dim=4 if unet_channels[0] <= 8 else 8,
         norm_num_groups=4,
     )
     vae = AutoencoderKL(

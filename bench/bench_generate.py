@@ -1,0 +1,85 @@
+"""Generation overhead: ``dreamdist`` sampling vs a plain diffusers pipeline call.
+
+Both produce the same number of images with the same pipeline, sampler, steps, size and batch;
+dreamdist additionally refits the prompt distribution and draws one prompt per image. Prints
+images/s of each and the overhead ratio.
+
+    python bench/bench_generate.py [--images 16] [--steps 10] [--batch 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    from dreamdist.artifact import load_artifact
+    from dreamdist.backbone import Backbone
+    from dreamdist.config import GenerateConfig, TrainConfig
+    from dreamdist.generation import generate_images, make_pipeline
+    from dreamdist.methods.dreamdistribution import DreamDistributionConfig
+    from dreamdist.testing import save_tiny_pipeline, write_images
+    from dreamdist.training.loop import train
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=16, help="images per variant")
+    parser.add_argument("--steps", type=int, default=10, help="denoising steps")
+    parser.add_argument("--batch", type=int, default=4, help="images per pipeline call")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = save_tiny_pipeline(tmp, hidden_size=256, text_layers=6, unet_channels=(32, 64))
+        refs = write_images(tmp / "refs", 4)
+        run = train(
+            TrainConfig(images=str(refs), model=str(model), out=str(tmp / "run"), steps=1, progress=False),
+            DreamDistributionConfig(),
+        )
+        backbone = Backbone.from_pretrained(model)
+        artifact = load_artifact(run)
+        config = GenerateConfig(
+            out=str(tmp / "g"),
+            artifacts=[str(run)],
+            num_images=args.images,
+            num_inference_steps=args.steps,
+            batch_size=args.batch,
+            progress=False,
+        )
+        pipe = make_pipeline(backbone)
+        embeds = backbone.encode_text(["a photo of a cathedral"]).detach()
+
+        def plain():
+            for start in range(0, args.images, args.batch):
+                n = min(args.batch, args.images - start)
+                gens = [torch.Generator().manual_seed(start + i) for i in range(n)]
+                with torch.no_grad():
+                    pipe(
+                        prompt_embeds=embeds.expand(n, -1, -1),
+                        negative_prompt=[""] * n,
+                        generator=gens,
+                        num_inference_steps=args.steps,
+                        guidance_scale=7.5,
+                        output_type="pil",
+                    )
+
+        def ours():
+            generate_images(backbone, [artifact], config)
+
+        timings = {}
+        for name, fn in (("plain diffusers", plain), ("dreamdist", ours)) * 2:  # second round is timed
+            start = time.perf_counter()
+            fn()
+            timings[name] = time.perf_counter() - start
+    device = backbone.device.type
+    print(f"{args.images} images, {args.steps} steps, batch {args.batch}, small components, {device}")
+    for name, seconds in timings.items():
+        print(f"{name:16s}{args.images / seconds:8.2f} img/s")
+    print(f"overhead ratio (dreamdist / plain) x{timings['dreamdist'] / timings['plain diffusers']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

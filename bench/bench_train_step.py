@@ -1,0 +1,133 @@
+"""Training-step time and peak memory: dreamdist vs the public code's strategy.
+
+The public DreamDistribution code re-encodes all K prompts once per image of the batch; dreamdist
+encodes them once per concept per step and shares them. Both run here on the same components,
+seed and batch; the script prints times, peak memory and the ratios.
+
+    python bench/bench_train_step.py [--scale tiny|small] [--steps 10] [--batch 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def reference_condition(method, backbone, labels, generator):
+    """The public code's strategy: encode the K prompts again for every image in the batch."""
+    from dreamdist.methods import Conditioning
+    from dreamdist.prompt_distribution import encode_prompts, gaussian_stats, orthogonality_loss
+
+    cfg = method.config
+    samples, ortho = [], 0.0
+    for label in labels.tolist():
+        hidden, pooled = encode_prompts(backbone, method.prompts.vectors[label], method.templates[label])
+        mean, std = gaussian_stats(hidden)  # (L, d)
+        omega = torch.randn((cfg.num_samples, *mean.shape), generator=generator).to(mean)
+        samples.append(mean + omega * std)  # (S, L, d)
+        ortho = ortho + orthogonality_loss(pooled, cfg.ortho_kind)
+    hidden = torch.stack(samples, dim=1).flatten(0, 1)  # (S*B, L, d)
+    return Conditioning(hidden, cfg.num_samples, cfg.ortho_weight * ortho / len(labels))
+
+
+def build(scale: str, folder: str):
+    from dreamdist.backbone import Backbone
+    from dreamdist.testing import save_tiny_pipeline
+
+    # "small": a text encoder / UNet balance closer to SD's (text encoding is ~1/3 of a SD step's work)
+    sizes = {
+        "tiny": dict(hidden_size=32),
+        "small": dict(hidden_size=256, text_layers=6, unet_channels=(32, 64), sample_size=16),
+    }[scale]
+    path = save_tiny_pipeline(folder, **sizes)
+    return Backbone.from_pretrained(path, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_variant(variant: str, scale: str, steps: int, batch: int) -> dict:
+    """One process per variant, so peak RSS is that variant's alone."""
+    from dreamdist.data import ReferenceSet
+    from dreamdist.methods.dreamdistribution import DreamDistribution, DreamDistributionConfig
+    from dreamdist.testing import write_images
+    from dreamdist.training.loop import diffusion_loss
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone = build(scale, tmp)
+        refs = write_images(__import__("pathlib").Path(tmp) / "refs", batch)
+        data = ReferenceSet.from_folder(refs, backbone.sample_size)
+    method = DreamDistribution(DreamDistributionConfig())  # paper defaults: K=32, M=4, S=4
+    method.setup(backbone, data, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(method.prompts.parameters(), lr=1e-3, weight_decay=0.0)
+    condition = method.condition if variant == "dreamdist" else lambda *a: reference_condition(method, *a)
+    mean, _ = backbone.encode_images(data.pixels)
+    latents = (mean * backbone.latent_scale).to(backbone.device)
+    labels = torch.zeros(batch, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(steps + 2):  # two warm-up steps
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        cond = condition(backbone, labels, generator)
+        loss = diffusion_loss(backbone, latents, cond.hidden, cond.repeats, generator) + cond.aux_loss
+        loss.backward()
+        optimizer.step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {"variant": variant, "step_s": sorted(times)[len(times) // 2], "peak_mib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=["tiny", "small"], default="small", help="component size")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median reported)")
+    parser.add_argument("--batch", type=int, default=4, help="images per step")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.scale, args.steps, args.batch)))
+        return
+    results = {}
+    for variant in ("dreamdist", "reference"):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--scale",
+            args.scale,
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+        ]
+        line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results[variant] = json.loads(line)
+    ours, ref = results["dreamdist"], results["reference"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"DreamDistribution step, K=32 M=4 S=4, batch {args.batch}, {args.scale} components, {device}")
+    print(f"{'':12s}{'step (s)':>10s}{'peak (MiB)':>12s}")
+    for name, r in (("reference", ref), ("dreamdist", ours)):
+        print(f"{name:12s}{r['step_s']:10.4f}{r['peak_mib']:12.1f}")
+    print(
+        f"speed-up x{ref['step_s'] / ours['step_s']:.2f}; peak-memory ratio (ours/ref) {ours['peak_mib'] / ref['peak_mib']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
