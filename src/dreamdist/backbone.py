@@ -86,17 +86,21 @@ class Backbone:
             allow_pickle: also accept ``.bin`` (pickle) weights; they load with ``weights_only=True``.
         """
         path = resolve_model(model)
+        if Path(path).is_file():
+            raise OSError(
+                f"{model} is a single checkpoint file; dreamdist needs a diffusers pipeline folder or hub id. "
+                "Convert it once with diffusers (StableDiffusionPipeline.from_single_file(...).save_pretrained(folder))."
+            )
         device = pick_device(str(device) if device is not None else None)
         torch_dtype = pick_dtype(dtype, device)
         # safetensors only; with allow_pickle the libraries fall back to .bin, read with weights_only=True
         safe = {} if allow_pickle else {"use_safetensors": True}
-        vae_dtype = torch.bfloat16 if torch_dtype == torch.bfloat16 else torch.float32
         try:
             tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
             text_encoder = CLIPTextModel.from_pretrained(
                 path, subfolder="text_encoder", torch_dtype=torch_dtype, **safe
             )
-            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=vae_dtype, **safe)
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype, **safe)
             unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype, **safe)
             scheduler_config = DDPMScheduler.load_config(path, subfolder="scheduler")
             scheduler = DDPMScheduler.from_config(scheduler_config)
@@ -117,13 +121,12 @@ class Backbone:
         return backbone.to(device, torch_dtype)
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Backbone:
-        """Move the frozen modules (VAE stays fp32 unless bf16: fp16 VAEs overflow on SD 1.x/2.x)."""
-        vae_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
-        for module, mdtype in ((self.text_encoder, dtype), (self.unet, dtype), (self.vae, vae_dtype)):
-            if module.dtype == mdtype:
+        """Move the frozen modules to ``device`` and ``dtype`` (one dtype, as the pipeline expects)."""
+        for module in (self.text_encoder, self.unet, self.vae):
+            if module.dtype == dtype:
                 module.to(device)
             else:
-                module.to(device=device, dtype=mdtype)
+                module.to(device=device, dtype=dtype)
             module.requires_grad_(False)
             module.eval()
         return self
