@@ -235,10 +235,9 @@ def _squared_distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> 
     true distance is 0; values below 8 eps times that scale are set to exactly 0, so duplicated
     points are at distance 0 from each other, as in an exact computation.
     """
-    a_sq = a.square().sum(dim=1, keepdim=True)  # (A, 1)
-    scale = a_sq + b_sq[None, :]  # (A, B)
-    d2 = scale - 2 * a @ b.T  # (A, B)
-    return d2.masked_fill_(d2 <= 8 * torch.finfo(d2.dtype).eps * scale, 0.0)
+    scale = a.square().sum(dim=1, keepdim=True) + b_sq[None, :]  # (A, B) |a|^2 + |b|^2
+    d2 = torch.addmm(scale, a, b.T, alpha=-2)  # (A, B), one fused BLAS call
+    return d2.masked_fill_(d2 <= scale.mul_(8 * torch.finfo(d2.dtype).eps), 0.0)
 
 
 def _check_k(k: int) -> None:
