@@ -90,6 +90,7 @@ def plot_report(report: dict, path: Path) -> Path:
             axes[0].annotate(f"{v:.3f}", (i, v), ha="center", va="bottom", fontsize=8)
     if has_fid:
         axes[-1].bar([label("fid")], [report["metrics"]["fid"]], color="tab:red")
+        axes[-1].annotate(f"{report['metrics']['fid']:.2f}", (0, report["metrics"]["fid"]), ha="center", va="bottom")
     fig.suptitle(" / ".join(x for x in (report.get("method"), report.get("scenario")) if x) or "evaluation")
     fig.savefig(path, dpi=120)
     return path
