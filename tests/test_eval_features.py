@@ -130,6 +130,18 @@ def test_cache_stores_safetensors_and_keys_on_everything(models, images, tmp_pat
     assert not hit and torch.equal(recomputed, first)
 
 
+def test_hub_weights_are_fingerprinted_by_snapshot_commit(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    snapshot = "/hf/models--org--model/snapshots/0123abcd/config.json"
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: snapshot)
+    assert features._weights_fingerprint("org/model", config=None) == "commit:0123abcd"
+    (tmp_path / "model.safetensors").write_bytes(b"1")
+    local = features._weights_fingerprint(str(tmp_path), config=None)
+    (tmp_path / "model.safetensors").write_bytes(b"12")  # new weights: new fingerprint, new cache key
+    assert local.startswith("files:") and features._weights_fingerprint(str(tmp_path), config=None) != local
+
+
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DREAMDIST_CACHE", str(tmp_path))
     assert cache.default_cache_dir() == tmp_path / "features"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "EvalConfig": "evaluate",
-    "evaluate": "evaluate",
+    "EvalConfig": "pipeline",
+    "evaluate": "pipeline",
     "ImageSet": "images",
     "load_image_set": "images",
     "METRICS": "defaults",

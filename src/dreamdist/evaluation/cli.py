@@ -94,7 +94,7 @@ def _fail(exc: BaseException) -> int:
 
 def config_from_args(args: argparse.Namespace):
     """Typed settings (``EvalConfig``, which validates them) from the parsed flags."""
-    from dreamdist.evaluation.evaluate import EvalConfig
+    from dreamdist.evaluation.pipeline import EvalConfig
 
     if args.metrics is None:
         metrics = DEFAULT_METRICS + (("clip-t",) if args.prompt is not None else ())
@@ -123,8 +123,8 @@ def config_from_args(args: argparse.Namespace):
 
 def run_eval(args: argparse.Namespace) -> int:
     """``dreamdist eval``: load both folders, compute the metrics, write the report."""
-    from dreamdist.evaluation.evaluate import evaluate
     from dreamdist.evaluation.images import load_image_set
+    from dreamdist.evaluation.pipeline import evaluate
     from dreamdist.evaluation.report import write_report
 
     try:

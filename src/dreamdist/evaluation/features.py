@@ -127,8 +127,8 @@ def _processor_json(processor) -> str:
 
 
 def _weights_fingerprint(model_id: str, config) -> str:
-    """Hub commit of the loaded snapshot, or (for a local folder) names, sizes and mtimes of its files."""
-    commit = getattr(config, "_commit_hash", None)
+    """What identifies the loaded weights: for a local folder, names, sizes and mtimes of its files;
+    for a hub id, the commit of the cached snapshot (its folder name in the HF cache)."""
     folder = Path(model_id).expanduser()
     if folder.is_dir():
         digest = hashlib.sha256()
@@ -137,6 +137,15 @@ def _weights_fingerprint(model_id: str, config) -> str:
                 stat = path.stat()
                 digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
         return "files:" + digest.hexdigest()[:16]
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model_id, "config.json")  # .../snapshots/<commit>/config.json
+    except Exception:  # an unusual id or cache layout: fall back below
+        cached = None
+    if isinstance(cached, str):
+        return "commit:" + Path(cached).parent.name
+    commit = getattr(config, "_commit_hash", None)  # transformers 4
     return f"commit:{commit}" if commit else "unknown"
 
 

@@ -100,7 +100,9 @@ def write_report(report: dict, out: str | Path, plot: bool = True) -> list[Path]
     """Write ``report.json``, ``report.md`` and (``plot``) ``metrics.png`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / REPORT_JSON).write_text(
+        json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+    )
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
     written = [out / REPORT_JSON, out / "report.md"]
     if plot:
