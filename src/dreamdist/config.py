@@ -91,6 +91,10 @@ class GenerateConfig:
         default=None,
         metadata=help_("plain prompt ({} stands for the learned concept where a method has one)"),
     )
+    prompt_set: str | None = field(
+        default=None,
+        metadata=help_("built-in prompt list, e.g. 'dreambooth': --num-images images per prompt ({} = the concept)"),
+    )
     class_name: str | None = field(
         default=None,
         metadata=help_("multi-class artifacts: which class to sample (default: all, round robin)"),
@@ -134,5 +138,11 @@ class GenerateConfig:
             raise ValueError("mixing several artifacts needs weights, e.g. --mix runs/a:0.3 runs/b:0.7")
         if not self.artifacts and not self.prompt:
             raise ValueError("nothing to generate from: give an artifact (run folder) or --prompt with --model")
+        if self.prompt_set is not None:
+            from dreamdist.prompts import prompt_set
+
+            prompt_set(self.prompt_set)  # raises with the known names
+            if self.prompt:
+                raise ValueError("give --prompt or --prompt-set, not both")
         if self.mix_rule not in ("paper", "public-code"):
             raise ValueError(f"--mix-rule must be 'paper' or 'public-code'; got {self.mix_rule!r}")

@@ -7,6 +7,7 @@ So image ``i`` is the same whatever the batch size, the batch it lands in, or th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from tqdm.auto import tqdm
 from dreamdist.artifact import Artifact, load_artifact
 from dreamdist.backbone import Backbone
 from dreamdist.config import GenerateConfig
-from dreamdist.methods import PromptSampler, sampler_for
+from dreamdist.methods import PromptSampler, prepare_backbone, sampler_for
+from dreamdist.prompts import prompt_set
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -79,14 +81,35 @@ def plain_prompt_sampler(backbone: Backbone, prompt: str) -> PromptSampler:
     return lambda index, generator: (hidden, {"prompt": prompt})
 
 
+def _jobs(backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig) -> list[tuple[PromptSampler, dict]]:
+    """One (sampler, manifest fields) per prompt: the prompt set's prompts, or the single prompt."""
+    if config.prompt_set is None:
+        if artifacts:
+            return [(sampler_for(backbone, artifacts, config), {})]
+        return [(plain_prompt_sampler(backbone, config.prompt), {})]
+    jobs = []
+    for index, (category, template) in enumerate(prompt_set(config.prompt_set)):
+        sub = dataclasses.replace(config, prompt=template, prompt_set=None)
+        info = {"prompt_set": config.prompt_set, "prompt_index": index, "category": category, "template": template}
+        jobs.append((sampler_for(backbone, artifacts, sub), info))
+    return jobs
+
+
 def generate_images(
-    backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig
+    backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig, prepared: bool = False
 ) -> tuple[list[Image.Image], list[dict]]:
-    """Run the pipeline in batches; return images and one manifest record per image."""
-    if artifacts:
-        sampler = sampler_for(backbone, artifacts, config)
-    else:
-        sampler = plain_prompt_sampler(backbone, config.prompt)
+    """Run the pipeline in batches; return images and one manifest record per image.
+
+    Args:
+        artifacts: loaded artifacts (none: plain ``config.prompt``).
+        prepared: the backbone already holds the artifacts' weights (sample grids during training);
+            otherwise the method's ``prepare`` loads them into ``backbone`` first (in place).
+    With ``config.prompt_set``, image ``i`` is image ``i % num_images`` of prompt ``i // num_images``.
+    """
+    if artifacts and not prepared:
+        prepare_backbone(backbone, artifacts)
+    jobs = _jobs(backbone, artifacts, config)
+    total = config.num_images * len(jobs)
     pipe = make_pipeline(backbone, config.scheduler)
     defaults = backbone.generation_defaults
     guidance = config.guidance_scale if config.guidance_scale is not None else defaults.get("guidance_scale", 7.5)
@@ -94,11 +117,11 @@ def generate_images(
     height = config.height or backbone.sample_size
     width = config.width or backbone.sample_size
     images, records = [], []
-    bar = tqdm(total=config.num_images, disable=not config.progress, desc="generating", unit="img")
-    for start in range(0, config.num_images, config.batch_size):
-        indices = range(start, min(start + config.batch_size, config.num_images))
+    bar = tqdm(total=total, disable=not config.progress, desc="generating", unit="img")
+    for start in range(0, total, config.batch_size):
+        indices = range(start, min(start + config.batch_size, total))
         generators = [torch.Generator().manual_seed(config.seed + i) for i in indices]
-        drawn = [sampler(i, g) for i, g in zip(indices, generators)]
+        drawn = [jobs[i // config.num_images][0](i, g) for i, g in zip(indices, generators)]
         embeds = torch.stack([hidden for hidden, _ in drawn]).to(backbone.device, backbone.dtype)  # (b, L, d)
         with torch.no_grad():
             out = pipe(
@@ -122,6 +145,7 @@ def generate_images(
                     "scheduler": type(pipe.scheduler).__name__,
                     "negative_prompt": config.negative_prompt,
                     "size": [width, height],
+                    **jobs[i // config.num_images][1],
                     **info,
                 }
             )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -21,18 +22,32 @@ from dreamdist.data import ReferenceSet
 
 
 @dataclass
+class PriorBatch:
+    """A second batch the loop denoises with the same loss, weighted by ``weight`` (prior preservation).
+
+    ``latents`` (B', C, h, w): scaled clean latents; ``hidden`` (B', L, d): their text features.
+    """
+
+    latents: torch.Tensor
+    hidden: torch.Tensor
+    weight: float = 1.0
+
+
+@dataclass
 class Conditioning:
     """What a method hands the loop for one batch of B images.
 
     ``hidden`` (R*B, L, d): text features for the UNet, ordered repeat-major (row r*B + b);
     the loop repeats the noisy latents R times to match (R = S samples for DreamDistribution).
     ``aux_loss``: an extra scalar added to the diffusion loss (already weighted), or None.
+    ``prior``: an extra batch whose denoising loss the loop adds with ``prior.weight``, or None.
     """
 
     hidden: torch.Tensor
     repeats: int = 1
     aux_loss: torch.Tensor | None = None
     logs: dict[str, float] = field(default_factory=dict)
+    prior: PriorBatch | None = None
 
 
 # (image index, the image's own CPU generator) -> (prompt features (L, d), manifest fields)
@@ -40,14 +55,31 @@ PromptSampler = Callable[[int, torch.Generator], tuple[torch.Tensor, dict]]
 
 
 class Method(Protocol):
-    """The small protocol every method implements (composition, not a base class)."""
+    """The small protocol every method implements (composition, not a base class).
+
+    Optional hooks the loop calls when a method defines them:
+
+    - ``param_groups(learning_rate) -> list[dict]``: optimizer groups (e.g. one learning rate per
+      stage); default: one group of ``trainable_modules()``' parameters that require grad.
+    - ``begin_step(step, total_steps)``: before each step (e.g. switch stages; may raise on a
+      bad plan at step 0).
+    - ``checkpoint_steps``: extra steps after which a checkpoint is written (e.g. a stage's end).
+    - ``stage``: recorded in checkpoint metadata.
+    - ``export(backbone, folder) -> dict``: write diffusers-format files beside the artifact;
+      the returned dict is merged into the artifact metadata.
+    """
 
     name: str
     default_steps: int
     default_learning_rate: float
 
-    def setup(self, backbone: Backbone, data: ReferenceSet, generator: torch.Generator) -> None:
-        """Add tokens/processors/adapters, create trainable state, freeze everything else."""
+    def setup(
+        self, backbone: Backbone, data: ReferenceSet, generator: torch.Generator, run_dir: Path | None = None
+    ) -> None:
+        """Add tokens/processors/adapters, create trainable state, freeze everything else.
+
+        ``run_dir`` is the run folder (for caches such as prior-preservation class images).
+        """
 
     def trainable_modules(self) -> list[nn.Module]:
         """Modules holding the trainable parameters (prepared by accelerate for DDP)."""
@@ -68,11 +100,28 @@ class Method(Protocol):
         """Tensors and method metadata of the final artifact."""
 
 
-def _registry() -> dict[str, tuple[type, type, Callable]]:
+# (backbone, artifacts) -> None: load an artifact's weights/tokens into a backbone before generation
+Prepare = Callable[[Backbone, list[Artifact]], None]
+
+
+class MethodEntry(NamedTuple):
+    """A registry line: config dataclass, implementation, generation sampler factory, and the
+    optional generation-time preparation (load the method's weights into the backbone)."""
+
+    config: type
+    implementation: type
+    sampler: Callable
+    prepare: Prepare | None = None
+
+
+def _registry() -> dict[str, MethodEntry]:
     from dreamdist.methods import dreamdistribution as dd
+    from dreamdist.methods import textual_inversion as ti
+    from dreamdist.methods.concept import concept_sampler
 
     return {
-        "dreamdistribution": (dd.DreamDistributionConfig, dd.DreamDistribution, dd.prompt_sampler),
+        "dreamdistribution": MethodEntry(dd.DreamDistributionConfig, dd.DreamDistribution, dd.prompt_sampler),
+        "textual-inversion": MethodEntry(ti.TextualInversionConfig, ti.TextualInversion, concept_sampler, ti.prepare),
     }
 
 
@@ -80,8 +129,8 @@ def method_names() -> list[str]:
     return sorted(_registry())
 
 
-def get_method(name: str) -> tuple[type, type, Callable]:
-    """(config class, implementation class, generation sampler factory) of a method."""
+def get_method(name: str) -> MethodEntry:
+    """(config class, implementation class, generation sampler factory, prepare) of a method."""
     registry = _registry()
     key = name.lower().replace("_", "-").replace("-", "")
     for known, entry in registry.items():
@@ -90,9 +139,20 @@ def get_method(name: str) -> tuple[type, type, Callable]:
     raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(registry))}")
 
 
-def sampler_for(backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig) -> PromptSampler:
-    """The generation-time prompt sampler of the artifacts' method."""
+def _method_of(artifacts: list[Artifact]) -> MethodEntry:
     methods = {a.method for a in artifacts}
     if len(methods) != 1:
         raise ValueError(f"cannot mix artifacts of different methods: {sorted(methods)}")
-    return get_method(methods.pop())[2](backbone, artifacts, config)
+    return get_method(methods.pop())
+
+
+def prepare_backbone(backbone: Backbone, artifacts: list[Artifact]) -> None:
+    """Load the artifacts' weights/tokens into ``backbone`` (in place; once, before sampling)."""
+    prepare = _method_of(artifacts).prepare
+    if prepare is not None:
+        prepare(backbone, artifacts)
+
+
+def sampler_for(backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig) -> PromptSampler:
+    """The generation-time prompt sampler of the artifacts' method (on a prepared backbone)."""
+    return _method_of(artifacts).sampler(backbone, artifacts, config)

@@ -68,7 +68,7 @@ class DreamDistribution:
         self.class_names: list[str] = []
         self.multiclass = False
 
-    def setup(self, backbone: Backbone, data: ReferenceSet, generator: torch.Generator) -> None:
+    def setup(self, backbone: Backbone, data: ReferenceSet, generator: torch.Generator, run_dir=None) -> None:
         cfg = self.config
         self.class_names = list(data.class_names)
         self.multiclass = len(self.class_names) > 1 or data.multiclass

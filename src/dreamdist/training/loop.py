@@ -113,7 +113,7 @@ def train(config: TrainConfig, method_config=None) -> Path:
     Raises ``TrainingInterrupted`` after saving a checkpoint when SIGINT/SIGTERM arrives, and
     ``TrainingAborted`` after ``max_nonfinite`` consecutive non-finite losses.
     """
-    config_cls, method_cls, _ = get_method(config.method)
+    config_cls, method_cls, *_ = get_method(config.method)
     method_config = method_config if method_config is not None else config_cls()
     method: Method = method_cls(method_config)
     out = Path(config.out)
@@ -134,14 +134,17 @@ def train(config: TrainConfig, method_config=None) -> Path:
     data = ReferenceSet.from_folder(config.images, resolution, config.multiclass)
     log.info(data.report.summary())
     generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
-    method.setup(backbone, data, generator)
+    # the frozen backbone's identity, before a method adds tokens or adapters to it
+    identity, probe = backbone.identity(), backbone.probe_rows()
+    method.setup(backbone, data, generator, run_dir=out)
     if config.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
         backbone.text_encoder.gradient_checkpointing_enable()
         backbone.text_encoder.train()  # transformers only checkpoints in train mode (CLIP has no dropout)
-    params = [p for m in method.trainable_modules() for p in m.parameters() if p.requires_grad]
     learning_rate = config.learning_rate or method.default_learning_rate
-    optimizer = accelerator.prepare(torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0))
+    groups = _param_groups(method, learning_rate)
+    params = [p for group in groups for p in group["params"]]
+    optimizer = accelerator.prepare(torch.optim.AdamW(groups, lr=learning_rate, weight_decay=0.0))
     cache = LatentCache(backbone, data, config.flip)
     total_steps = config.steps or method.default_steps
     run_meta = {
@@ -164,12 +167,18 @@ def train(config: TrainConfig, method_config=None) -> Path:
     def checkpoint() -> Path | None:
         if not accelerator.is_main_process:
             return None
-        state = TrainingState(step, method.state_tensors(), optimizer.state_dict(), generator.get_state(), run_meta)
+        meta = {**run_meta, "stage": getattr(method, "stage", None)}
+        state = TrainingState(step, method.state_tensors(), optimizer.state_dict(), generator.get_state(), meta)
         return save_checkpoint(out, state, config.keep_checkpoints)
+
+    begin_step = getattr(method, "begin_step", None)
+    extra_checkpoints = set(getattr(method, "checkpoint_steps", ()))
 
     bar = tqdm(total=total_steps, initial=step, disable=not (config.progress and accelerator.is_main_process))
     with stop_on_signals() as stop:
         while step < total_steps:
+            if begin_step is not None:
+                begin_step(step, total_steps)
             optimizer.zero_grad(set_to_none=True)
             finite, logs = True, {}
             for _ in range(config.gradient_accumulation):
@@ -179,6 +188,10 @@ def train(config: TrainConfig, method_config=None) -> Path:
                     cond = method.condition(backbone, labels, generator)
                     loss = diffusion_loss(backbone, latents, cond.hidden, cond.repeats, generator)
                     total = loss + (cond.aux_loss if cond.aux_loss is not None else 0.0)
+                    if cond.prior is not None:  # e.g. prior preservation: same loss on a class-image batch
+                        prior_loss = diffusion_loss(backbone, cond.prior.latents, cond.prior.hidden, 1, generator)
+                        total = total + cond.prior.weight * prior_loss
+                        cond.logs["prior_loss"] = float(prior_loss.detach())
                 if not torch.isfinite(total):
                     finite = False
                     break
@@ -206,7 +219,8 @@ def train(config: TrainConfig, method_config=None) -> Path:
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
             if config.tensorboard:
                 accelerator.log(logs, step=step)
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+            periodic = config.checkpoint_every and step % config.checkpoint_every == 0
+            if (periodic or step in extra_checkpoints) and step < total_steps:
                 checkpoint()
             if config.sample_every and step % config.sample_every == 0 and accelerator.is_main_process:
                 _sample_grid(backbone, method, run_meta, out / "samples" / f"step-{step:07d}.png", config.seed)
@@ -222,12 +236,25 @@ def train(config: TrainConfig, method_config=None) -> Path:
     checkpoint()
     if accelerator.is_main_process:
         tensors, meta = method.artifact(backbone)
-        tensors["backbone.probe"] = backbone.probe_rows()
-        meta.update(backbone=backbone.identity(), train=run_meta["train_config"], step=step)
+        tensors["backbone.probe"] = probe
+        meta.update(backbone=identity, train=run_meta["train_config"], step=step)
         meta["train"]["images_fingerprint"] = data.fingerprint
+        if hasattr(method, "export"):  # diffusers-format files beside the artifact
+            meta.update(method.export(backbone, out))
         save_artifact(out, method.name, tensors, meta)
     accelerator.end_training()
     return out
+
+
+def _param_groups(method: Method, learning_rate: float) -> list[dict]:
+    """The method's optimizer groups, or one group of its trainable parameters."""
+    if hasattr(method, "param_groups"):
+        groups = method.param_groups(learning_rate)
+    else:
+        groups = [{"params": [p for m in method.trainable_modules() for p in m.parameters() if p.requires_grad]}]
+    if not any(group["params"] for group in groups):
+        raise ValueError(f"{method.name} has no trainable parameters after setup; check its options")
+    return groups
 
 
 def _resume(out: Path, method: Method, optimizer, generator: torch.Generator, run_meta: dict) -> int:
@@ -259,6 +286,7 @@ def _sample_grid(backbone: Backbone, method: Method, run_meta: dict, path: Path,
     tensors, meta = method.artifact(backbone)
     artifact = Artifact(tensors, {"method": method.name, **meta, "backbone": backbone.identity()}, path)
     gen_config = GenerateConfig(out=str(path.parent), artifacts=[str(path)], num_images=4, seed=seed, progress=False)
-    images, _ = generate_images(backbone, [artifact], gen_config)
+    # the backbone already holds the method's live state: nothing to load into it
+    images, _ = generate_images(backbone, [artifact], gen_config, prepared=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     make_grid(images).save(path)

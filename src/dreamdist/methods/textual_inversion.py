@@ -1,0 +1,148 @@
+"""Textual Inversion (Gal et al., 2022), METHODS.md §2: learn only new token embedding(s)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dreamdist.artifact import Artifact
+from dreamdist.backbone import Backbone
+from dreamdist.config import help_
+from dreamdist.data import ReferenceSet
+from dreamdist.methods import Conditioning
+from dreamdist.methods.tokens import PlaceholderTokens, install_tokens, save_learned_embeds
+
+# the paper's (and diffusers' script's) prompt templates; {} is the placeholder token
+OBJECT_TEMPLATES = [
+    "a photo of a {}",
+    "a rendering of a {}",
+    "a cropped photo of the {}",
+    "the photo of a {}",
+    "a photo of a clean {}",
+    "a photo of a dirty {}",
+    "a dark photo of the {}",
+    "a photo of my {}",
+    "a photo of the cool {}",
+    "a close-up photo of a {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a photo of the {}",
+    "a good photo of the {}",
+    "a photo of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "a photo of the clean {}",
+    "a rendition of a {}",
+    "a photo of a nice {}",
+    "a good photo of a {}",
+    "a photo of the nice {}",
+    "a photo of the small {}",
+    "a photo of the weird {}",
+    "a photo of the large {}",
+    "a photo of a cool {}",
+    "a photo of a small {}",
+]
+STYLE_TEMPLATES = [
+    "a painting in the style of {}",
+    "a rendering in the style of {}",
+    "a cropped painting in the style of {}",
+    "the painting in the style of {}",
+    "a clean painting in the style of {}",
+    "a dirty painting in the style of {}",
+    "a dark painting in the style of {}",
+    "a picture in the style of {}",
+    "a cool painting in the style of {}",
+    "a close-up painting in the style of {}",
+    "a bright painting in the style of {}",
+    "a good painting in the style of {}",
+    "a rendition in the style of {}",
+    "a nice painting in the style of {}",
+    "a small painting in the style of {}",
+    "a weird painting in the style of {}",
+    "a large painting in the style of {}",
+]
+TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
+EMBEDS_FILE = "learned_embeds.safetensors"
+
+
+@dataclass
+class TextualInversionConfig:
+    """Textual Inversion (Gal et al. 2022): new token embedding(s) for the concept; nothing else trains."""
+
+    init_word: str = field(metadata=help_("one-token word whose embedding initialises the new token(s), e.g. 'toy'"))
+    token: str = field(default="<concept>", metadata=help_("the new placeholder token, e.g. '<cat-toy>'"))
+    num_vectors: int = field(default=1, metadata=help_("embedding vectors for the token (diffusers multi-vector)"))
+    template: str = field(default="object", metadata=help_("prompt templates: 'object' or 'style'"))
+
+    def __post_init__(self) -> None:
+        if self.num_vectors < 1:
+            raise ValueError("--num-vectors must be >= 1")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"--template must be 'object' or 'style'; got {self.template!r}")
+        if not self.token or " " in self.token.strip():
+            raise ValueError(f"--token must be one word without spaces, e.g. '<cat-toy>'; got {self.token!r}")
+
+
+class TextualInversion:
+    """One placeholder token (N vectors) in prompts drawn from the object/style templates."""
+
+    name = "textual-inversion"
+    default_steps = 5000  # paper: 5000 steps at base lr 5e-3
+    default_learning_rate = 5e-3
+
+    def __init__(self, config: TextualInversionConfig):
+        self.config = config
+        self.tokens: PlaceholderTokens | None = None
+        self.backbone: Backbone | None = None
+
+    def setup(
+        self, backbone: Backbone, data: ReferenceSet, generator: torch.Generator, run_dir: Path | None = None
+    ) -> None:
+        cfg = self.config
+        self.backbone = backbone
+        self.tokens = PlaceholderTokens(backbone, cfg.token, cfg.num_vectors, cfg.init_word)
+        texts = [self.tokens.expand(t.format(cfg.token)) for t in TEMPLATES[cfg.template]]
+        self.template_ids = backbone.tokenize(texts)  # (T, L)
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.tokens]
+
+    def condition(self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator) -> Conditioning:
+        """One random template per image: labels (B,) -> hidden (B, L, d)."""
+        pick = torch.randint(0, len(self.template_ids), (len(labels),), generator=generator)
+        ids = self.template_ids[pick.to(self.template_ids.device)]  # (B, L)
+        hidden, _ = backbone.encode_prompt_embeds(self.tokens.embed(backbone, ids), backbone.eos_positions(ids))
+        return Conditioning(hidden=hidden)
+
+    def after_step(self) -> None:
+        self.tokens.sync(self.backbone)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"token_embeds": self.tokens.vectors.detach().float().cpu()}  # (N, d_tok)
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.tokens.vectors.copy_(tensors["token_embeds"])
+        self.tokens.sync(self.backbone)
+
+    def artifact(self, backbone: Backbone) -> tuple[dict[str, torch.Tensor], dict]:
+        cfg = self.config
+        return self.state_tensors(), {
+            "method_config": asdict(cfg),
+            "concept": cfg.token,
+            "token_names": {cfg.token: self.tokens.names},
+        }
+
+    def export(self, backbone: Backbone, folder: Path) -> dict:
+        """``learned_embeds.safetensors`` for ``pipe.load_textual_inversion(folder)``."""
+        save_learned_embeds(folder / EMBEDS_FILE, self.config.token, self.tokens.vectors)
+        return {"diffusers": {"textual_inversion": EMBEDS_FILE, "token": self.config.token}}
+
+
+def prepare(backbone: Backbone, artifacts: list[Artifact]) -> None:
+    """Add the learned token(s) to the backbone's tokenizer and embedding table."""
+    for artifact in artifacts:
+        install_tokens(backbone, artifact.meta["concept"], artifact.tensors["token_embeds"])

@@ -1,0 +1,133 @@
+"""New placeholder tokens whose embedding rows are learned (textual inversion, Custom Diffusion's
+modifier token, the two-stage method's rare adjective), and diffusers' file format for them.
+
+Only the new rows are parameters: an ``(N, d_tok)`` tensor spliced into the frozen token
+embeddings wherever a placeholder id occurs. Every other row of the table is untouched by
+construction (no gradient, no optimizer state for the 49k frozen rows); ``sync`` copies the
+learned rows into the table so the tokenizer + text encoder (and a diffusers pipeline built on
+them) see the concept too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dreamdist.artifact import atomic_save_safetensors
+from dreamdist.backbone import Backbone
+
+
+def vector_names(token: str, num_vectors: int) -> list[str]:
+    """diffusers' naming of a multi-vector token: ``<tok>``, ``<tok>_1``, ..., ``<tok>_{N-1}``."""
+    return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+
+
+def add_tokens(backbone: Backbone, names: list[str]) -> torch.Tensor:
+    """Add ``names`` to the tokenizer (if missing) and grow the frozen embedding table to match.
+
+    Returns:
+        (N,) token ids of ``names``.
+    """
+    tokenizer, encoder = backbone.tokenizer, backbone.text_encoder
+    missing = [n for n in names if n not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing)
+    if len(tokenizer) != encoder.get_input_embeddings().weight.shape[0]:
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        backbone.token_embedding.requires_grad_(False)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def init_word_row(backbone: Backbone, word: str, flag: str) -> torch.Tensor:
+    """The embedding row (d_tok,) of a word that must be exactly one token of the vocabulary."""
+    ids = backbone.tokenizer.encode(word, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ValueError(
+            f"{flag} {word!r} is {len(ids)} tokens for this tokenizer; it must be exactly one. "
+            "Choose a single common word (e.g. the class noun)."
+        )
+    return backbone.token_embedding.weight[ids[0]].detach().float().clone()
+
+
+def set_rows(backbone: Backbone, ids: torch.Tensor, vectors: torch.Tensor) -> None:
+    """Write ``vectors`` (N, d_tok) into the embedding table at ``ids`` (N,)."""
+    table = backbone.token_embedding.weight
+    with torch.no_grad():
+        table[ids.to(table.device)] = vectors.to(table.device, table.dtype)
+
+
+class PlaceholderTokens(nn.Module):
+    """N learnable embedding rows for new tokens ``names`` (one concept, N vectors)."""
+
+    def __init__(self, backbone: Backbone, token: str, num_vectors: int, init_word: str, flag: str = "--init-word"):
+        """Add the tokens and initialise every vector from ``init_word``'s row.
+
+        Args:
+            token: the placeholder as written in prompts, e.g. ``<cat-toy>``; must be new.
+            num_vectors: N; vectors 2..N are the extra tokens ``<cat-toy>_1`` ... (diffusers' names).
+            init_word: one-token word whose embedding initialises all N rows.
+        """
+        super().__init__()
+        vocab = backbone.tokenizer.get_vocab()
+        self.token = token
+        self.names = vector_names(token, num_vectors)
+        taken = [n for n in self.names if n in vocab]
+        if taken:
+            raise ValueError(
+                f"the token(s) {taken} already exist in the tokenizer; choose a new placeholder with --token "
+                "(e.g. '<my-concept>')"
+            )
+        init = init_word_row(backbone, init_word, flag)  # (d_tok,)
+        self.register_buffer("ids", add_tokens(backbone, self.names), persistent=False)  # (N,)
+        if len(backbone.tokenizer.encode(token, add_special_tokens=False)) != 1:
+            raise ValueError(f"--token {token!r} is not kept as one token by the tokenizer; avoid spaces in it")
+        self.vectors = nn.Parameter(init.repeat(num_vectors, 1).to(backbone.device))  # (N, d_tok) fp32
+        lookup = torch.full((len(backbone.tokenizer),), -1, dtype=torch.long)
+        lookup[self.ids] = torch.arange(num_vectors)
+        self.register_buffer("lookup", lookup.to(backbone.device), persistent=False)  # id -> row or -1
+        self.sync(backbone)
+
+    def expand(self, text: str) -> str:
+        """Replace the placeholder by all its vector tokens (as diffusers' loader does)."""
+        return text.replace(self.token, " ".join(self.names)) if len(self.names) > 1 else text
+
+    def embed(self, backbone: Backbone, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L, d_tok) token embeddings with the learned rows spliced in (differentiable)."""
+        frozen = backbone.token_embedding(ids)  # (B, L, d_tok), no grad
+        row = self.lookup[ids]  # (B, L), -1 where not a placeholder
+        learned = self.vectors[row.clamp(min=0)]  # (B, L, d_tok)
+        return torch.where((row >= 0)[..., None], learned.to(frozen.dtype), frozen)
+
+    def encode(self, backbone: Backbone, texts: list[str]) -> torch.Tensor:
+        """Prompts containing the placeholder -> (B, L, d) text features, gradient into ``vectors``."""
+        ids = backbone.tokenize([self.expand(t) for t in texts])  # (B, L)
+        return backbone.encode_prompt_embeds(self.embed(backbone, ids), backbone.eos_positions(ids))[0]
+
+    def sync(self, backbone: Backbone) -> None:
+        """Copy the learned rows into the embedding table (after every optimizer step)."""
+        set_rows(backbone, self.ids, self.vectors.detach())
+
+
+def install_tokens(backbone: Backbone, token: str, vectors: torch.Tensor) -> list[str]:
+    """Generation: add ``token`` (N vectors, (N, d_tok)) to a backbone; return its vector names."""
+    if vectors.shape[-1] != backbone.token_embedding.weight.shape[1]:
+        raise ValueError(
+            f"token {token!r} has {vectors.shape[-1]}-d vectors but the backbone's token embeddings are "
+            f"{backbone.token_embedding.weight.shape[1]}-d; load it onto the backbone it was trained on"
+        )
+    names = vector_names(token, vectors.shape[0])
+    set_rows(backbone, add_tokens(backbone, names), vectors)
+    return names
+
+
+def save_learned_embeds(path: Path, token: str, vectors: torch.Tensor) -> Path:
+    """Write ``{token: (N, d_tok)}`` as diffusers' textual-inversion script does (safetensors).
+
+    Loads with ``pipe.load_textual_inversion(path)`` (token name from the file) or
+    ``pipe.load_textual_inversion(path, token=...)``.
+    """
+    atomic_save_safetensors({token: vectors.detach().float().cpu()}, path, {"format": "pt"})
+    return path

@@ -1,0 +1,250 @@
+"""Every training method on tiny components, as one matrix: what trains, exact resume, and
+save -> load -> generate; plus the diffusers loaders that read each method's exported files."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dreamdist.artifact import load_artifact
+from dreamdist.backbone import Backbone
+from dreamdist.cli import main
+from dreamdist.config import GenerateConfig, TrainConfig
+from dreamdist.generation import generate, generate_images
+from dreamdist.methods.textual_inversion import TextualInversionConfig
+from dreamdist.testing import write_images
+from dreamdist.training.loop import train
+
+STEPS, SPLIT = 4, 2  # full run length; the interrupted run stops here and resumes
+
+
+@dataclass
+class Case:
+    """A method configuration and which frozen-model tensors it may change or add."""
+
+    method: str
+    config: object
+    changes: tuple[str, ...] = ()  # name prefixes (module.param) allowed to change value
+    adds: tuple[str, ...] = ()  # substrings every added tensor name must contain (one of)
+    train: dict = field(default_factory=dict)
+
+
+TOKEN_ROWS = "token_embedding.weight[new rows]"
+CASES = {
+    "textual-inversion": Case(
+        "textual-inversion",
+        TextualInversionConfig(init_word="toy", token="<cat-toy>", num_vectors=2),
+        adds=(TOKEN_ROWS,),
+        train={"learning_rate": 5e-2},
+    ),
+}
+
+
+@contextmanager
+def capture_backbones():
+    """Record every Backbone the loop loads (to inspect the live, trained modules)."""
+    seen = []
+    original = Backbone.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append(original(cls, *args, **kwargs))
+        return seen[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Backbone, "from_pretrained", classmethod(spy))
+        yield seen
+
+
+def train_config(refs, model, out, case: Case, **kw) -> TrainConfig:
+    base = dict(images=str(refs), model=str(model), out=str(out), method=case.method, steps=STEPS, batch_size=2)
+    return TrainConfig(**{**base, "progress": False, "checkpoint_every": 0, **case.train, **kw})
+
+
+@dataclass
+class Trained:
+    case: Case
+    full: Path  # uninterrupted run
+    resumed: Path  # stopped at SPLIT, resumed to STEPS
+    live: Backbone  # the full run's backbone after training
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def trained(request, tmp_path_factory, tiny_model) -> Trained:
+    case = CASES[request.param]
+    root = tmp_path_factory.mktemp(request.param)
+    refs = write_images(root / "refs", 4)
+    with capture_backbones() as seen:
+        full = train(train_config(refs, tiny_model, root / "full", case), case.config)
+    live = seen[-1]
+    part = root / "part"
+    train(train_config(refs, tiny_model, part, case, steps=SPLIT), case.config)
+    train(train_config(refs, tiny_model, part, case, resume=True), case.config)
+    return Trained(case, full, part, live)
+
+
+def state_diff(live: Backbone, base: Backbone) -> tuple[set[str], set[str]]:
+    """(changed, added) tensor names of the live backbone relative to the frozen model."""
+    changed, added = set(), set()
+    for module in ("unet", "text_encoder", "vae"):
+        reference = getattr(base, module).state_dict()
+        for name, tensor in getattr(live, module).state_dict().items():
+            key = name.replace(".base_layer", "")  # peft wraps the frozen layer it adapts
+            full = f"{module}.{name}"
+            if key not in reference:
+                added.add(full)
+                continue
+            ref = reference[key]
+            if tensor.shape != ref.shape:  # a grown token table: old rows must be intact
+                added.add(f"{full}[new rows]")
+                tensor = tensor[: ref.shape[0]]
+            if not torch.equal(tensor, ref):
+                changed.add(full)
+    return changed, added
+
+
+def run_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor a finished run wrote (artifact and exported files; not checkpoints or caches)."""
+    out = {}
+    for path in sorted(folder.rglob("*.safetensors")):
+        rel = path.relative_to(folder)
+        if rel.parts[0] in ("checkpoints", "class_images"):
+            continue
+        out.update({f"{rel}:{k}": v for k, v in load_file(str(path)).items()})
+    return out
+
+
+def gen_config(out: Path, run: Path, **kw) -> GenerateConfig:
+    base = dict(out=str(out), artifacts=[str(run)], num_images=2, num_inference_steps=2, progress=False)
+    return GenerateConfig(**{**base, **kw})
+
+
+def test_only_the_intended_parameters_change(trained, tiny_model):
+    base = Backbone.from_pretrained(tiny_model, device="cpu")
+    changed, added = state_diff(trained.live, base)
+    case = trained.case
+    assert all(name.startswith(case.changes) for name in changed), sorted(changed)
+    if case.changes:
+        assert changed, "the trainable weights did not move"
+    assert all(any(a in name for a in case.adds) for name in added), sorted(added)
+    assert bool(added) == bool(case.adds)
+    if TOKEN_ROWS in case.adds:  # the learned rows moved away from their initialisation
+        art = load_artifact(trained.full)
+        table = trained.live.token_embedding.weight
+        names = art.meta["token_names"][art.meta["concept"]]
+        ids = trained.live.tokenizer.convert_tokens_to_ids(names)
+        assert torch.equal(table[ids], art.tensors["token_embeds"])
+        init = base.token_embedding.weight[base.tokenizer.convert_tokens_to_ids(case.config.init_word + "</w>")]
+        assert not torch.allclose(table[ids[0]], init)
+
+
+def test_resume_is_exact(trained):
+    full, resumed = run_tensors(trained.full), run_tensors(trained.resumed)
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    assert load_artifact(trained.resumed).meta["step"] == STEPS
+
+
+def test_save_load_generate_gives_the_same_images(trained, tmp_path):
+    config = gen_config(tmp_path / "a", trained.full, prompt="a photo of {} on the beach")
+    live, _ = generate_images(trained.live, [load_artifact(trained.full)], config, prepared=True)
+    loaded = generate(config)  # fresh backbone + the method's prepare
+    again = generate(gen_config(tmp_path / "b", trained.full, prompt="a photo of {} on the beach"))
+    for x, y, z in zip(live, loaded.images, again.images):
+        assert np.array_equal(np.asarray(x), np.asarray(y)) and np.array_equal(np.asarray(y), np.asarray(z))
+    record = json.loads(loaded.manifest.read_text().splitlines()[0])
+    assert record["prompt"] == "a photo of {} on the beach".replace("{}", record["concept"])
+
+
+# ---------------------------------------------------------------- diffusers loaders
+def diffusers_pipe(model):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, requires_safety_checker=False)
+
+
+@pytest.fixture(scope="module")
+def ti_run(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("ti_loader")
+    case = CASES["textual-inversion"]
+    return train(train_config(write_images(root / "refs", 3), tiny_model, root / "run", case, steps=2), case.config)
+
+
+def test_textual_inversion_file_loads_with_diffusers(ti_run, tiny_model):
+    art = load_artifact(ti_run)
+    pipe = diffusers_pipe(tiny_model)
+    pipe.load_textual_inversion(str(ti_run), weight_name=art.meta["diffusers"]["textual_inversion"], token="<cat-toy>")
+    ids = pipe.tokenizer.convert_tokens_to_ids(["<cat-toy>", "<cat-toy>_1"])
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], art.tensors["token_embeds"])
+    assert pipe.maybe_convert_prompt("a <cat-toy> dog", pipe.tokenizer) == "a <cat-toy> <cat-toy>_1 dog"
+
+
+def test_generate_cli_prompt_and_prompt_set(ti_run, tmp_path, capsys):
+    common = ["--num-inference-steps", "1", "--no-progress"]
+    code = main(
+        [
+            "generate",
+            str(ti_run),
+            "--prompt",
+            "a photo of {} on the beach",
+            "--num-images",
+            "1",
+            "--out",
+            str(tmp_path / "a"),
+            *common,
+        ]
+    )
+    assert code == 0
+    assert json.loads((tmp_path / "a" / "manifest.jsonl").read_text())["prompt"] == "a photo of <cat-toy> on the beach"
+    code = main(
+        [
+            "generate",
+            str(ti_run),
+            "--prompt-set",
+            "dreambooth",
+            "--num-images",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path / "b"),
+            *common,
+        ]
+    )
+    assert code == 0
+    from dreamdist.prompts import prompt_set
+
+    records = [json.loads(line) for line in (tmp_path / "b" / "manifest.jsonl").read_text().splitlines()]
+    prompts = prompt_set("dreambooth")
+    assert len(records) == len(prompts)
+    assert [r["prompt"] for r in records] == [t.replace("{}", "<cat-toy>") for _, t in prompts]
+    assert {r["category"] for r in records} == {"recontextualization", "property", "style"}
+    assert main(["generate", str(ti_run), "--prompt", "no placeholder", "--out", str(tmp_path / "c"), *common]) == 2
+    assert "{}" in capsys.readouterr().err
+
+
+def test_config_errors_name_the_flag():
+    with pytest.raises(ValueError, match="--template"):
+        TextualInversionConfig(init_word="toy", template="portrait")
+    with pytest.raises(ValueError, match="--prompt-set"):
+        GenerateConfig(out="x", artifacts=["a"], prompt_set="nope")
+
+
+def test_textual_inversion_rejects_bad_tokens(backbone, refs):
+    from dreamdist.data import ReferenceSet
+    from dreamdist.methods.textual_inversion import TextualInversion
+
+    data = ReferenceSet.from_folder(refs, 32)
+    with pytest.raises(ValueError, match="--init-word"):
+        TextualInversion(TextualInversionConfig(init_word="cathedral dog")).setup(backbone, data, torch.Generator())
+    with pytest.raises(ValueError, match="--token"):
+        TextualInversion(TextualInversionConfig(init_word="toy", token="dog</w>")).setup(
+            backbone, data, torch.Generator()
+        )
