@@ -75,3 +75,32 @@ def oracle_accuracy(
     scores = {name: float(hits[:, i].float().mean()) for i, name in enumerate(ATTRIBUTES)}
     scores["all"] = float(hits.all(1).float().mean())
     return scores
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dreamdist.toyworld.quality [FOLDER] --n 200``: oracle accuracy per split, as JSON."""
+    import argparse
+    import json
+
+    from dreamdist.toyworld.oracle import load_oracle
+    from dreamdist.toyworld.sampling import load_pipeline
+
+    parser = argparse.ArgumentParser(description="Oracle accuracy of a toy pipeline on seen and held-out combos.")
+    parser.add_argument("folder", nargs="?", default=None, help="pipeline folder (default: the shipped model)")
+    parser.add_argument("--n", type=int, default=200, help="images per split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument("--splits", nargs="+", default=["seen", "held_out"])
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pipe, oracle = load_pipeline(args.folder), load_oracle()
+    sampler = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    for split in args.splits:
+        scores = oracle_accuracy(pipe, oracle, split=split, n=args.n, seed=args.seed, **sampler)
+        print(json.dumps({"split": split, "n": args.n, **sampler, **{k: round(v, 4) for k, v in scores.items()}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,8 @@ from diffusers import DPMSolverMultistepScheduler, SchedulerMixin, StableDiffusi
 
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 3.0
+# written to <model>/dreamdist.json, where dreamdist's generation reads its defaults
+GENERATION_DEFAULTS = {"guidance_scale": DEFAULT_GUIDANCE, "num_inference_steps": DEFAULT_STEPS}
 
 
 def sampling_scheduler(training_scheduler: SchedulerMixin) -> DPMSolverMultistepScheduler:

@@ -1,6 +1,6 @@
 """Train the toy text-to-image model from scratch and save it as a diffusers pipeline folder.
 
-    python scripts/train_toy_model.py --threads 1 --vae-minutes 4 --unet-minutes 55
+    python scripts/train_toy_model.py --threads 1 --vae-minutes 7 --unet-minutes 58
 
 Stage 1 trains the tiny VAE (``train_vae``). Stage 2 trains the UNet and the CLIP text encoder
 jointly on captioned renders of the *seen* combos, in the VAE's latent space: v-prediction,
@@ -17,7 +17,7 @@ import copy
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from dreamdist.toyworld.curves import plot_curves, write_csv
 from dreamdist.toyworld.oracle import ORACLE_FILE, load_oracle
 from dreamdist.toyworld.quality import oracle_accuracy
 from dreamdist.toyworld.render import render
-from dreamdist.toyworld.sampling import assemble_pipeline, sampling_scheduler
+from dreamdist.toyworld.sampling import GENERATION_DEFAULTS, assemble_pipeline, sampling_scheduler
 from dreamdist.toyworld.train_vae import train_vae
 
 DEFAULT_OUT = Path(__file__).parent / "assets" / "toy-sd"
@@ -38,23 +38,32 @@ DEFAULT_OUT = Path(__file__).parent / "assets" / "toy-sd"
 class BaseTrainConfig:
     """Settings of the base-model training run (every field is a command-line flag)."""
 
-    out: Path = DEFAULT_OUT  # pipeline folder written (and overwritten at every evaluation)
-    seed: int = 0  # seeds init, data, noise and timesteps
-    threads: int = 1  # torch CPU threads
-    device: str = "auto"  # "auto" = cuda when present, else cpu
-    vae_minutes: float = 6.0  # stage-1 budget
-    vae_path: Path | None = None  # reuse a trained VAE folder (skips stage 1)
-    unet_minutes: float = 55.0  # stage-2 budget
-    max_steps: int | None = None  # stage-2 step cap (reproducible stopping point)
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    ema_decay: float = 0.999
-    min_snr_gamma: float = 5.0
-    attribute_dropout: float = 0.15  # chance of leaving each attribute out of a caption
-    empty_caption: float = 0.10  # chance of an empty caption (classifier-free guidance)
-    eval_every: float = 10.0  # minutes between evaluations + saves
-    eval_images: int = 48  # images per split per evaluation
+    out: Path = field(
+        default=DEFAULT_OUT, metadata={"help": "pipeline folder written (and overwritten at every evaluation)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seeds init, data, noise and timesteps"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+    device: str = field(default="auto", metadata={"help": '"auto" = cuda when present, else cpu'})
+    vae_minutes: float = field(default=7.0, metadata={"help": "stage-1 budget"})
+    vae_max_steps: int | None = field(default=None, metadata={"help": "stage-1 step cap (reproducible stopping point)"})
+    vae_path: Path | None = field(default=None, metadata={"help": "reuse a trained VAE folder (skips stage 1)"})
+    unet_minutes: float = field(default=58.0, metadata={"help": "stage-2 budget"})
+    max_steps: int | None = field(default=None, metadata={"help": "stage-2 step cap (reproducible stopping point)"})
+    batch_size: int = field(default=32, metadata={"help": "images per step"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (after warmup, constant)"})
+    warmup_steps: int = field(default=200, metadata={"help": "linear learning-rate warmup steps"})
+    ema_decay: float = field(
+        default=0.999, metadata={"help": "EMA decay of the saved weights (ramped up as (1 + step) / (10 + step))"}
+    )
+    min_snr_gamma: float = field(default=5.0, metadata={"help": "gamma of the min-SNR loss weighting"})
+    attribute_dropout: float = field(
+        default=0.15, metadata={"help": "chance of leaving each attribute out of a caption"}
+    )
+    empty_caption: float = field(
+        default=0.10, metadata={"help": "chance of an empty caption (classifier-free guidance)"}
+    )
+    eval_every: float = field(default=10.0, metadata={"help": "minutes between evaluations + saves"})
+    eval_images: int = field(default=48, metadata={"help": "images per split per evaluation"})
 
 
 def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -87,6 +96,7 @@ def save_pipeline(components: dict, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     pipe = assemble_pipeline(**components)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "dreamdist.json").write_text(json.dumps(GENERATION_DEFAULTS, indent=1))  # read by dreamdist
     for extra in ("training_loss.csv", "training_eval.csv", "training_curve.png", "training_config.json"):
         if (out / extra).exists():
             shutil.copy(out / extra, tmp / extra)
@@ -103,7 +113,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     if cfg.vae_path is not None:
         vae = AutoencoderKL.from_pretrained(cfg.vae_path).to(device)
     else:
-        vae = train_vae(minutes=cfg.vae_minutes, seed=cfg.seed, device=device)
+        vae = train_vae(minutes=cfg.vae_minutes, seed=cfg.seed, device=device, max_steps=cfg.vae_max_steps)
         vae.save_pretrained(out.parent / f"{out.name}_vae")  # reusable with --vae-path
     vae.requires_grad_(False).eval()
 
@@ -181,12 +191,12 @@ def train_base(cfg: BaseTrainConfig) -> Path:
 def parse_args(argv: list[str] | None = None) -> BaseTrainConfig:
     """Command-line flags -> ``BaseTrainConfig`` (one flag per field, same defaults)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = BaseTrainConfig()
-    for name, value in asdict(defaults).items():
-        kind = {Path: Path, bool: bool}.get(type(value), type(value))
-        if value is None:
-            kind = Path if name.endswith("path") else int
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
+    for spec in fields(BaseTrainConfig):
+        value = spec.default
+        kind = type(value) if value is not None else (Path if spec.name.endswith("path") else int)
+        kind = Path if isinstance(value, Path) else kind
+        text = f"{spec.metadata['help']} (default: {value})"
+        parser.add_argument("--" + spec.name.replace("_", "-"), type=kind, default=value, help=text)
     return BaseTrainConfig(**vars(parser.parse_args(argv)))
 
 

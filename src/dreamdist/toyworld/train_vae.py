@@ -40,7 +40,7 @@ def latent_std(vae: AutoencoderKL, n: int = 1024, seed: int = 99, device: str = 
 
 
 def train_vae(
-    minutes: float = 6.0,
+    minutes: float = 7.0,
     batch_size: int = 32,
     lr: float = 2e-3,
     kl_weight: float = 1e-4,
