@@ -4,6 +4,8 @@ save -> load -> generate; plus the diffusers loaders that read each method's exp
 from __future__ import annotations
 
 import json
+import os
+import signal
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +20,22 @@ from dreamdist.backbone import Backbone
 from dreamdist.cli import main
 from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.generation import generate, generate_images
+from dreamdist.methods import get_method
+from dreamdist.methods.dreambooth import DreamBoothConfig
 from dreamdist.methods.textual_inversion import TextualInversionConfig
 from dreamdist.testing import write_images
-from dreamdist.training.loop import train
+from dreamdist.training.loop import TrainingInterrupted, train
 
 STEPS, SPLIT = 4, 2  # full run length; the interrupted run stops here and resumes
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a shared, loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @dataclass
@@ -44,7 +57,34 @@ CASES = {
         adds=(TOKEN_ROWS,),
         train={"learning_rate": 5e-2},
     ),
+    "dreambooth": Case(
+        "dreambooth",
+        DreamBoothConfig(
+            class_noun="dog", train_text_encoder=True, prior_preservation=True, class_images=2, class_inference_steps=2
+        ),
+        changes=("unet.", "text_encoder."),
+    ),
+    "dreambooth-lora": Case(
+        "dreambooth", DreamBoothConfig(class_noun="dog", lora=True, rank=2, train_text_encoder=True), adds=("lora_",)
+    ),
 }
+
+
+@contextmanager
+def interrupt_after(method: str, steps: int):
+    """SIGTERM the process after the method's ``steps``-th optimizer step (the loop checkpoints and stops)."""
+    cls = get_method(method).implementation
+    original, count = cls.after_step, {"n": 0}
+
+    def after_step(self):
+        original(self)
+        count["n"] += 1
+        if count["n"] == steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cls, "after_step", after_step)
+        yield
 
 
 @contextmanager
@@ -71,22 +111,37 @@ def train_config(refs, model, out, case: Case, **kw) -> TrainConfig:
 class Trained:
     case: Case
     full: Path  # uninterrupted run
-    resumed: Path  # stopped at SPLIT, resumed to STEPS
+    resumed: Path  # interrupted after SPLIT steps, resumed to STEPS
     live: Backbone  # the full run's backbone after training
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+_RUNS: dict[str, Trained] = {}
+
+
+def get_trained(name: str, tmp_path_factory, model) -> Trained:
+    """Train case ``name`` once per session: a full run, and one interrupted after SPLIT steps then resumed."""
+    if name not in _RUNS:
+        case = CASES[name]
+        root = tmp_path_factory.mktemp(name)
+        refs = write_images(root / "refs", 4)
+        with capture_backbones() as seen:
+            full = train(train_config(refs, model, root / "full", case), case.config)
+        live = seen[-1]
+        part = root / "part"
+        with interrupt_after(case.method, SPLIT), pytest.raises(TrainingInterrupted):
+            train(train_config(refs, model, part, case), case.config)
+        cache = part / "class_images" / "request.json"
+        stamp = cache.stat().st_mtime_ns if cache.exists() else None
+        train(train_config(refs, model, part, case, resume=True), case.config)
+        if stamp is not None:  # prior preservation: the class images were reused, not regenerated
+            assert cache.stat().st_mtime_ns == stamp
+        _RUNS[name] = Trained(case, full, part, live)
+    return _RUNS[name]
+
+
+@pytest.fixture(params=sorted(CASES))
 def trained(request, tmp_path_factory, tiny_model) -> Trained:
-    case = CASES[request.param]
-    root = tmp_path_factory.mktemp(request.param)
-    refs = write_images(root / "refs", 4)
-    with capture_backbones() as seen:
-        full = train(train_config(refs, tiny_model, root / "full", case), case.config)
-    live = seen[-1]
-    part = root / "part"
-    train(train_config(refs, tiny_model, part, case, steps=SPLIT), case.config)
-    train(train_config(refs, tiny_model, part, case, resume=True), case.config)
-    return Trained(case, full, part, live)
+    return get_trained(request.param, tmp_path_factory, tiny_model)
 
 
 def state_diff(live: Backbone, base: Backbone) -> tuple[set[str], set[str]]:
@@ -137,7 +192,7 @@ def test_only_the_intended_parameters_change(trained, tiny_model):
     if TOKEN_ROWS in case.adds:  # the learned rows moved away from their initialisation
         art = load_artifact(trained.full)
         table = trained.live.token_embedding.weight
-        names = art.meta["token_names"][art.meta["concept"]]
+        (names,) = art.meta["token_names"].values()
         ids = trained.live.tokenizer.convert_tokens_to_ids(names)
         assert torch.equal(table[ids], art.tensors["token_embeds"])
         init = base.token_embedding.weight[base.tokenizer.convert_tokens_to_ids(case.config.init_word + "</w>")]
@@ -168,6 +223,14 @@ def diffusers_pipe(model):
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, requires_safety_checker=False)
+
+
+def unet_outputs(unet, hidden: torch.Tensor) -> torch.Tensor:
+    """The UNet's prediction on fixed noisy latents and timesteps for text features (1, L, d)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, generator=generator)
+    with torch.no_grad():
+        return unet(x, torch.tensor([10, 500]), encoder_hidden_states=hidden.expand(2, -1, -1)).sample
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +311,38 @@ def test_textual_inversion_rejects_bad_tokens(backbone, refs):
         TextualInversion(TextualInversionConfig(init_word="toy", token="dog</w>")).setup(
             backbone, data, torch.Generator()
         )
+
+
+def test_cli_trains_dreambooth_lora_with_prior_from_its_flags(refs, tiny_model, tmp_path):
+    run = tmp_path / "run"
+    common = ["--images", str(refs), "--model", str(tiny_model), "--steps", "1", "--batch-size", "1", "--no-progress"]
+    flags = ["--class-noun", "dog", "--lora", "--rank", "2", "--prior-preservation", "--class-images", "1"]
+    code = main(["train", "--method", "dreambooth", "--out", str(run), *common, *flags, "--class-inference-steps", "1"])
+    assert code == 0 and (run / "pytorch_lora_weights.safetensors").is_file()
+    assert (run / "class_images" / "00000.png").is_file()
+    with pytest.raises(SystemExit):  # --class-noun is required
+        main(["train", "--method", "dreambooth", "--out", str(tmp_path / "x"), *common])
+
+
+def test_dreambooth_pipeline_folder_loads_with_diffusers(tmp_path_factory, tiny_model):
+    run = get_trained("dreambooth", tmp_path_factory, tiny_model)
+    pipe = diffusers_pipe(run.full / "pipeline")
+    for module in ("unet", "text_encoder"):
+        live = getattr(run.live, module).state_dict()
+        for name, tensor in getattr(pipe, module).state_dict().items():
+            assert torch.equal(tensor, live[name]), name
+    manifest = [json.loads(line) for line in (run.full / "class_images" / "manifest.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in manifest] == [0, 1] and {r["prompt"] for r in manifest} == {"a dog"}
+
+
+def test_dreambooth_lora_loads_with_diffusers(tmp_path_factory, tiny_model):
+    run = get_trained("dreambooth-lora", tmp_path_factory, tiny_model)
+    pipe = diffusers_pipe(tiny_model)
+    hidden = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
+    base = unet_outputs(pipe.unet, hidden)
+    pipe.load_lora_weights(str(run.full), weight_name="pytorch_lora_weights.safetensors")
+    trained = unet_outputs(run.live.unet, hidden)
+    assert torch.allclose(unet_outputs(pipe.unet, hidden), trained, atol=1e-6)
+    assert not torch.allclose(base, trained, atol=1e-6)
+    text = pipe.encode_prompt("a sks dog", "cpu", 1, False)[0]  # the text encoder's LoRA loaded too
+    assert torch.allclose(text, run.live.encode_text(["a sks dog"]), atol=1e-5)

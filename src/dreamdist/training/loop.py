@@ -107,6 +107,28 @@ def diffusion_loss(
     return F.mse_loss(pred.float(), target.repeat(repeats, 1, 1, 1).float())
 
 
+def method_loss(
+    backbone: Backbone, method: Method, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The objective of one micro-batch: the denoising loss, the method's auxiliary term, and its
+    weighted prior batch (e.g. prior preservation: the same loss on class images).
+
+    Args:
+        latents: (B, C, h, w) scaled clean latents; labels: (B,) their concepts.
+    Returns:
+        (total loss, the denoising loss alone, extra scalars to log).
+    """
+    cond = method.condition(backbone, labels, generator)
+    loss = diffusion_loss(backbone, latents, cond.hidden, cond.repeats, generator)
+    total = loss + (cond.aux_loss if cond.aux_loss is not None else 0.0)
+    logs = dict(cond.logs)
+    if cond.prior is not None:
+        prior_loss = diffusion_loss(backbone, cond.prior.latents, cond.prior.hidden, 1, generator)
+        total = total + cond.prior.weight * prior_loss
+        logs["prior_loss"] = float(prior_loss.detach())
+    return total, loss, logs
+
+
 def train(config: TrainConfig, method_config=None) -> Path:
     """Train ``config.method`` on ``config.images``; return the run folder holding the artifact.
 
@@ -185,18 +207,12 @@ def train(config: TrainConfig, method_config=None) -> Path:
                 latents, labels = cache.sample(config.batch_size, generator)
                 latents = (latents.to(accelerator.device) - backbone.latent_shift) * backbone.latent_scale
                 with accelerator.autocast():
-                    cond = method.condition(backbone, labels, generator)
-                    loss = diffusion_loss(backbone, latents, cond.hidden, cond.repeats, generator)
-                    total = loss + (cond.aux_loss if cond.aux_loss is not None else 0.0)
-                    if cond.prior is not None:  # e.g. prior preservation: same loss on a class-image batch
-                        prior_loss = diffusion_loss(backbone, cond.prior.latents, cond.prior.hidden, 1, generator)
-                        total = total + cond.prior.weight * prior_loss
-                        cond.logs["prior_loss"] = float(prior_loss.detach())
+                    total, loss, extra = method_loss(backbone, method, latents, labels, generator)
                 if not torch.isfinite(total):
                     finite = False
                     break
                 accelerator.backward(total / config.gradient_accumulation)
-                logs = {"loss": float(loss.detach()), **cond.logs}
+                logs = {"loss": float(loss.detach()), **extra}
             if not finite:
                 streak += 1
                 log.warning("non-finite loss at step %d (%d in a row); step skipped", step + 1, streak)
