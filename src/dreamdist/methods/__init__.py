@@ -115,6 +115,7 @@ class MethodEntry(NamedTuple):
 
 
 def _registry() -> dict[str, MethodEntry]:
+    from dreamdist.methods import custom_diffusion as cd
     from dreamdist.methods import dreambooth as db
     from dreamdist.methods import dreamdistribution as dd
     from dreamdist.methods import textual_inversion as ti
@@ -124,6 +125,7 @@ def _registry() -> dict[str, MethodEntry]:
         "dreamdistribution": MethodEntry(dd.DreamDistributionConfig, dd.DreamDistribution, dd.prompt_sampler),
         "textual-inversion": MethodEntry(ti.TextualInversionConfig, ti.TextualInversion, concept_sampler, ti.prepare),
         "dreambooth": MethodEntry(db.DreamBoothConfig, db.DreamBooth, concept_sampler, db.prepare),
+        "custom-diffusion": MethodEntry(cd.CustomDiffusionConfig, cd.CustomDiffusion, concept_sampler, cd.prepare),
     }
 
 
