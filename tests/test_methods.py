@@ -24,6 +24,7 @@ from dreamdist.methods import get_method
 from dreamdist.methods.custom_diffusion import WEIGHTS_FILE, CustomDiffusionConfig, load_custom_diffusion
 from dreamdist.methods.dreambooth import DreamBoothConfig
 from dreamdist.methods.textual_inversion import TextualInversionConfig
+from dreamdist.methods.two_stage import TwoStageConfig
 from dreamdist.testing import write_images
 from dreamdist.training.loop import TrainingInterrupted, train
 
@@ -82,6 +83,12 @@ CASES = {
             class_inference_steps=2,
         ),
         adds=("attn2.processor.to_k_custom_diffusion", "attn2.processor.to_v_custom_diffusion", TOKEN_ROWS),
+    ),
+    "two-stage": Case(  # interrupted exactly at the stage boundary
+        "two-stage",
+        TwoStageConfig(class_noun="dog", init_word="red", stage1_steps=SPLIT, stage1_learning_rate=5e-2),
+        changes=("unet.",),
+        adds=(TOKEN_ROWS,),
     ),
 }
 
@@ -387,3 +394,28 @@ def test_custom_diffusion_file_loads_with_load_attn_procs(tmp_path_factory, tiny
     pipe.unet.load_attn_procs(str(run.full), weight_name=WEIGHTS_FILE)
     hidden = run.live.encode_text(["photo of a <new1> dog"])
     assert torch.allclose(unet_outputs(pipe.unet, hidden), unet_outputs(run.live.unet, hidden), atol=1e-6)
+
+
+def test_two_stage_pipeline_folder_and_stage_checkpoints(tmp_path_factory, tiny_model):
+    run = get_trained("two-stage", tmp_path_factory, tiny_model)
+    from dreamdist.training.checkpoint import list_checkpoints, load_checkpoint
+
+    boundary = [load_checkpoint(c) for c in list_checkpoints(run.resumed) if c.name == f"step-{SPLIT:07d}"]
+    assert boundary and boundary[0].meta["stage"] == 1 and int(boundary[0].method["stage"]) == 1
+    assert not any(k.startswith("unet.") for k in boundary[0].method)  # stage 1: the UNet is still the frozen one
+    assert load_checkpoint(list_checkpoints(run.full)[-1]).meta["stage"] == 2
+    pipe = diffusers_pipe(run.full / "pipeline")  # self-contained: tokenizer knows <rare>, UNet is fine-tuned
+    hidden = pipe.encode_prompt("a photo of <rare> dog", "cpu", 1, False)[0]
+    assert torch.allclose(hidden, run.live.encode_text(["a photo of <rare> dog"]), atol=1e-5)
+    assert torch.equal(unet_outputs(pipe.unet, hidden), unet_outputs(run.live.unet, hidden))
+    with pytest.raises(ValueError, match="--stage1-steps"):
+        train(
+            train_config(
+                write_images(run.full.parent / "r", 2),
+                tiny_model,
+                run.full.parent / "bad",
+                CASES["two-stage"],
+                steps=SPLIT,
+            ),
+            CASES["two-stage"].config,
+        )

@@ -119,6 +119,7 @@ def _registry() -> dict[str, MethodEntry]:
     from dreamdist.methods import dreambooth as db
     from dreamdist.methods import dreamdistribution as dd
     from dreamdist.methods import textual_inversion as ti
+    from dreamdist.methods import two_stage as ts
     from dreamdist.methods.concept import concept_sampler
 
     return {
@@ -126,6 +127,7 @@ def _registry() -> dict[str, MethodEntry]:
         "textual-inversion": MethodEntry(ti.TextualInversionConfig, ti.TextualInversion, concept_sampler, ti.prepare),
         "dreambooth": MethodEntry(db.DreamBoothConfig, db.DreamBooth, concept_sampler, db.prepare),
         "custom-diffusion": MethodEntry(cd.CustomDiffusionConfig, cd.CustomDiffusion, concept_sampler, cd.prepare),
+        "two-stage": MethodEntry(ts.TwoStageConfig, ts.TwoStage, concept_sampler, ts.prepare),
     }
 
 

@@ -1,0 +1,137 @@
+"""Training-step time and peak memory of every method, on the same components, seed and batch.
+
+Each method runs in its own process (so peak RSS / peak CUDA memory is that method's alone):
+build the components, set the method up, then time optimizer steps of the training loop's own
+objective (``dreamdist.training.loop.method_loss``). The table gives the ratio of each method to
+DreamDistribution (paper defaults K=32, M=4, S=4) measured in the same run.
+
+    python bench/bench_methods.py [--scale tiny|small] [--steps 10] [--batch 4] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# name -> (registry method, config kwargs, two-stage stage to time)
+VARIANTS = {
+    "dreamdistribution": ("dreamdistribution", {}, None),
+    "textual-inversion": ("textual-inversion", {"init_word": "toy"}, None),
+    "dreambooth": ("dreambooth", {"class_noun": "dog"}, None),
+    "dreambooth+prior": ("dreambooth", {"class_noun": "dog", "prior_preservation": True, "class_images": 4}, None),
+    "dreambooth+text": ("dreambooth", {"class_noun": "dog", "train_text_encoder": True}, None),
+    "dreambooth-lora": ("dreambooth", {"class_noun": "dog", "lora": True}, None),
+    "custom-diffusion": ("custom-diffusion", {"class_noun": "dog", "init_word": "toy"}, None),
+    "two-stage/stage1": ("two-stage", {"class_noun": "dog", "init_word": "red", "stage1_steps": 1}, 1),
+    "two-stage/stage2": ("two-stage", {"class_noun": "dog", "init_word": "red", "stage1_steps": 1}, 2),
+}
+SIZES = {  # "small": a text encoder / UNet balance closer to SD's
+    "tiny": dict(hidden_size=32),
+    "small": dict(hidden_size=256, text_layers=6, unet_channels=(32, 64), sample_size=16),
+}
+
+
+def run_variant(name: str, scale: str, steps: int, batch: int) -> dict:
+    """Set one method up and time ``steps`` optimizer steps after two warm-up steps."""
+    from dreamdist.backbone import Backbone
+    from dreamdist.data import ReferenceSet
+    from dreamdist.methods import get_method
+    from dreamdist.testing import save_tiny_pipeline, write_images
+    from dreamdist.training.loop import method_loss
+
+    method_name, kwargs, stage = VARIANTS[name]
+    entry = get_method(method_name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone = Backbone.from_pretrained(save_tiny_pipeline(tmp, **SIZES[scale]), device=device)
+        data = ReferenceSet.from_folder(write_images(Path(tmp) / "refs", batch), backbone.sample_size)
+        if "class_images" in kwargs:
+            kwargs = {**kwargs, "class_inference_steps": 5}
+        method = entry.implementation(entry.config(**kwargs))
+        method.setup(backbone, data, torch.Generator().manual_seed(0), run_dir=Path(tmp) / "run")
+    if hasattr(method, "param_groups"):
+        groups = method.param_groups(method.default_learning_rate)
+    else:
+        groups = [{"params": [p for m in method.trainable_modules() for p in m.parameters() if p.requires_grad]}]
+    optimizer = torch.optim.AdamW(groups, lr=method.default_learning_rate, weight_decay=0.0)
+    mean, _ = backbone.encode_images(data.pixels)
+    latents = (mean * backbone.latent_scale).to(backbone.device)  # (B, C, h, w)
+    labels = torch.zeros(batch, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(steps + 2):  # two warm-up steps
+        if stage is not None:
+            method.begin_step(0 if stage == 1 else method.config.stage1_steps, method.config.stage1_steps + 1)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        total, _, _ = method_loss(backbone, method, latents, labels, generator)
+        total.backward()
+        optimizer.step()
+        method.after_step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    trained = sum(p.numel() for g in groups for p in g["params"] if p.grad is not None)  # got a gradient
+    return {
+        "variant": name,
+        "step_s": sorted(times)[len(times) // 2],
+        "peak_mib": peak,
+        "trained": trained,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=sorted(SIZES), default="small", help="component size")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per method (median reported)")
+    parser.add_argument("--batch", type=int, default=4, help="images per step")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="run only these (dreamdistribution always)")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.scale, args.steps, args.batch)))
+        return
+    names = ["dreamdistribution"] + [
+        n for n in VARIANTS if n != "dreamdistribution" and (not args.only or n in args.only)
+    ]
+    results = {}
+    for name in names:
+        cmd = [sys.executable, __file__, "--variant", name, "--scale", args.scale, "--steps", str(args.steps)]
+        cmd += ["--batch", str(args.batch)] + (["--threads", str(args.threads)] if args.threads else [])
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    ref = results["dreamdistribution"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    threads = args.threads or torch.get_num_threads()
+    print(f"training step per method, batch {args.batch}, {args.scale} components, {device}, {threads} thread(s)")
+    print(f"{'method':20s}{'trained params':>16s}{'step (s)':>10s}{'x DD':>7s}{'peak (MiB)':>12s}{'x DD':>7s}")
+    for name, r in results.items():
+        print(
+            f"{name:20s}{r['trained']:16,d}{r['step_s']:10.4f}{r['step_s'] / ref['step_s']:7.2f}"
+            f"{r['peak_mib']:12.1f}{r['peak_mib'] / ref['peak_mib']:7.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
