@@ -91,3 +91,53 @@ def test_user_errors_exit_2_with_one_line(tmp_path, tiny_model, capsys):
 
 def test_parse_mix():
     assert parse_mix(["runs/a:0.3", "C:/x/b:0.7"]) == (["runs/a", "C:/x/b"], [0.3, 0.7])
+
+
+def test_interpret_textual_inversion_token(refs, tiny_model, tmp_path, capsys):
+    run = tmp_path / "ti"
+    code = main(
+        [
+            "train",
+            "--method",
+            "textual-inversion",
+            "--images",
+            str(refs),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(run),
+            "--steps",
+            "1",
+            "--token",
+            "<thing>",
+            "--init-word",
+            "cathedral",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    capsys.readouterr()
+    assert main(["interpret", str(run), "--top-k", "1", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert list(table) == ["<thing>"]
+    assert table["<thing>"][0][0][0] == "cathedral"  # one tiny step stays next to its init word
+
+
+def test_generate_scheduler_choice(refs, tiny_model, tmp_path, capsys):
+    args = [
+        "generate",
+        "--model",
+        str(tiny_model),
+        "--prompt",
+        "a photo of a dog",
+        "--num-images",
+        "1",
+        "--num-inference-steps",
+        "2",
+        "--no-progress",
+    ]
+    assert main([*args, "--scheduler", "euler-a", "--out", str(tmp_path / "e")]) == 0
+    record = json.loads((tmp_path / "e" / "manifest.jsonl").read_text())
+    assert record["scheduler"] == "EulerAncestralDiscreteScheduler"
+    assert main([*args, "--scheduler", "nope", "--out", str(tmp_path / "n")]) == 2
+    assert "unknown scheduler" in capsys.readouterr().err

@@ -22,9 +22,12 @@ def interpret(
     Returns ``{class name: [token 1: [(word, cosine), ...], token 2: ..., ...]}``.
     """
     art = load_artifact(artifact, allow_pickle)
-    if "vectors" not in art.tensors:
-        raise ValueError(f"{art.path} ({art.method}) has no learned prompt tokens to interpret")
+    if "vectors" in art.tensors:  # DreamDistribution: (C, K, M, d_tok)
+        vectors, names = art.tensors["vectors"], art.meta["class_names"]
+    elif "token_embeds" in art.tensors:  # a learned token (textual inversion, two-stage): (N, d_tok)
+        vectors, names = art.tensors["token_embeds"][None, None], [art.meta.get("concept", "token")]
+    else:
+        raise ValueError(f"{art.path} ({art.method}) has no learned token embeddings to interpret")
     backbone = Backbone.from_pretrained(model or art.meta["backbone"]["model_id"], "cpu", "fp32", allow_pickle)
     backbone.check_compatible(art.meta["backbone"], art.tensors.get("backbone.probe"), str(art.path))
-    vectors = art.tensors["vectors"]  # (C, K, M, d_tok)
-    return {name: nearest_tokens(backbone, vectors[c], top_k) for c, name in enumerate(art.meta["class_names"])}
+    return {name: nearest_tokens(backbone, vectors[c], top_k) for c, name in enumerate(names)}

@@ -25,7 +25,7 @@ from dreamdist.prompt_distribution import (
 
 @dataclass
 class DreamDistributionConfig:
-    """Hyperparameters of DreamDistribution (paper defaults)."""
+    """DreamDistribution (Zhao et al. 2023): K soft prompts whose CLIP features form a Gaussian (paper defaults)."""
 
     num_prompts: int = field(default=32, metadata=help_("K: learnable prompts per concept"))
     num_tokens: int = field(
