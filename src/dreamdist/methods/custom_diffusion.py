@@ -16,7 +16,7 @@ from dreamdist.config import help_
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Conditioning, PriorBatch
 from dreamdist.methods.finetune import load_state, named_trainables, state_of
-from dreamdist.methods.prior import ClassPrior, build_prior
+from dreamdist.methods.prior import ClassPrior, prior_from_config
 from dreamdist.methods.tokens import PlaceholderTokens, install_tokens, save_learned_embeds
 
 WEIGHTS_FILE = "pytorch_custom_diffusion_weights.safetensors"  # diffusers' name
@@ -128,12 +128,9 @@ class CustomDiffusion:
     ) -> None:
         cfg = self.config
         self.backbone = backbone
-        if cfg.prior_preservation:  # from the frozen model, before anything changes
-            prompt = cfg.class_prompt or f"a {cfg.class_noun}"
-            size = data.pixels.shape[-1]
-            self.prior = build_prior(
-                backbone, run_dir, prompt, cfg.class_images, cfg.class_seed, size, cfg.class_inference_steps
-            )
+        # from the frozen model, before anything changes
+        self.prior = prior_from_config(backbone, run_dir, cfg, data.pixels.shape[-1])
+        if self.prior is not None:
             with torch.no_grad():
                 ids = self.prior.ids
                 self.class_hidden = backbone.encode_prompt_embeds(

@@ -29,7 +29,7 @@ from dreamdist.methods.finetune import (
     save_pipeline,
     state_of,
 )
-from dreamdist.methods.prior import ClassPrior, build_prior
+from dreamdist.methods.prior import ClassPrior, prior_from_config
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -95,12 +95,8 @@ class DreamBooth:
     ) -> None:
         cfg = self.config
         self.backbone = backbone
-        if cfg.prior_preservation:  # from the frozen model, before anything changes
-            prompt = cfg.class_prompt or f"a {cfg.class_noun}"
-            size = data.pixels.shape[-1]
-            self.prior = build_prior(
-                backbone, run_dir, prompt, cfg.class_images, cfg.class_seed, size, cfg.class_inference_steps
-            )
+        # from the frozen model, before anything changes
+        self.prior = prior_from_config(backbone, run_dir, cfg, data.pixels.shape[-1])
         modules = {"unet": backbone.unet}
         if cfg.train_text_encoder:
             modules["text_encoder"] = backbone.text_encoder

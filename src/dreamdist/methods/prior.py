@@ -100,3 +100,13 @@ def build_prior(
     pixels = torch.stack([image_to_tensor(resize_center_crop(im, size)) for im in images])  # (N, 3, s, s)
     mean, std = backbone.encode_images(pixels)
     return ClassPrior(mean, std, prompt, backbone.tokenize([prompt]))
+
+
+def prior_from_config(backbone: Backbone, run_dir: Path | None, config, size: int) -> ClassPrior | None:
+    """The class prior a method config asks for (``prior_preservation``, ``class_*`` fields), or None."""
+    if not config.prior_preservation:
+        return None
+    prompt = config.class_prompt or f"a {config.class_noun}"
+    return build_prior(
+        backbone, run_dir, prompt, config.class_images, config.class_seed, size, config.class_inference_steps
+    )
