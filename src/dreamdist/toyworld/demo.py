@@ -33,13 +33,18 @@ class DemoSettings:
 
     num_references: int
     train_steps: int
+    learning_rate: float
     num_prompts: int
     num_images: int  # per gamma
     inference_steps: int
 
 
-FULL = DemoSettings(num_references=12, train_steps=300, num_prompts=32, num_images=48, inference_steps=DEFAULT_STEPS)
-QUICK = DemoSettings(num_references=6, train_steps=8, num_prompts=4, num_images=4, inference_steps=4)
+FULL = DemoSettings(
+    num_references=12, train_steps=300, learning_rate=1e-3, num_prompts=32, num_images=48, inference_steps=DEFAULT_STEPS
+)
+QUICK = DemoSettings(
+    num_references=6, train_steps=8, learning_rate=1e-3, num_prompts=4, num_images=4, inference_steps=4
+)
 
 
 def _train(refs: ReferenceSet, run_dir: Path, settings: DemoSettings, seed: int) -> Path:
@@ -53,6 +58,7 @@ def _train(refs: ReferenceSet, run_dir: Path, settings: DemoSettings, seed: int)
         model="toy",
         out=str(run_dir),
         steps=settings.train_steps,
+        learning_rate=settings.learning_rate,
         resolution=32,
         seed=seed,
         checkpoint_every=0,
@@ -117,7 +123,7 @@ def save_figure(refs: ReferenceSet, samples: dict[float, list], reports: dict[fl
     plt.close(fig)
 
 
-def run_demo(out_dir: str | Path, quick: bool = False, concept: str = "warm-pointy", seed: int = 0) -> dict:
+def run_demo(out_dir: str | Path, quick: bool = False, concept: str = "cool-patterned", seed: int = 0) -> dict:
     """Run the whole demo into ``out_dir``; returns the report per gamma plus paths and timings.
 
     Args:
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--quick", action="store_true", help="reduced sizes (CI smoke test)")
-    parser.add_argument("--concept", default="warm-pointy", help="built-in concept name")
+    parser.add_argument("--concept", default="cool-patterned", help="built-in concept name")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     run_demo(args.out, quick=args.quick, concept=args.concept, seed=args.seed)

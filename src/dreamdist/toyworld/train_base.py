@@ -90,12 +90,19 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             e.lerp_(p, 1 - decay)
 
 
-def save_pipeline(components: dict, out: Path) -> None:
-    """Write a diffusers pipeline folder (safetensors), replacing ``out`` only once complete."""
+def save_pipeline(components: dict, out: Path, tokenizer_files: Path | None = None) -> None:
+    """Write a diffusers pipeline folder (safetensors), replacing ``out`` only once complete.
+
+    ``tokenizer_files``: folder with the tokenizer's vocab.json and merges.txt, copied next to
+    tokenizer.json so that slow-tokenizer loaders (older transformers) read the folder too.
+    """
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe = assemble_pipeline(**components)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt"):
+        if tokenizer_files is not None and (tokenizer_files / name).is_file():
+            shutil.copy(tokenizer_files / name, tmp / "tokenizer" / name)
     (tmp / "dreamdist.json").write_text(json.dumps(GENERATION_DEFAULTS, indent=1))  # read by dreamdist
     for extra in ("training_loss.csv", "training_eval.csv", "training_curve.png", "training_config.json"):
         if (out / extra).exists():
@@ -118,7 +125,8 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     vae.requires_grad_(False).eval()
 
     torch.manual_seed(cfg.seed)
-    tokenizer = build_tokenizer(out.parent / "_tokenizer_build")
+    tokenizer_files = out.parent / "_tokenizer_build"
+    tokenizer = build_tokenizer(tokenizer_files)
     text_encoder, unet = build_text_encoder(tokenizer).to(device), build_unet().to(device)
     scheduler = build_scheduler()
     ema_text, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
@@ -143,7 +151,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
                 row.update({f"{split}_{k}": round(v, 4) for k, v in scores.items()})
             print("eval", json.dumps(row), flush=True)
             eval_rows.append(row)
-        save_pipeline(components, out)
+        save_pipeline(components, out, tokenizer_files)
         write_csv(loss_rows, out / "training_loss.csv")
         write_csv(eval_rows, out / "training_eval.csv")
         plot_curves(loss_rows, eval_rows, out / "training_curve.png")
@@ -184,7 +192,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
             evaluate_and_save()
             last_eval = time.time()
     evaluate_and_save(final=True)
-    shutil.rmtree(out.parent / "_tokenizer_build", ignore_errors=True)
+    shutil.rmtree(tokenizer_files, ignore_errors=True)
     return out
 
 
