@@ -5,7 +5,7 @@
 Steps: render a reference set of a concept that no short caption names; train DreamDistribution
 on the built-in toy model; generate at gamma = 0, 1, 2; run the oracle report (fidelity,
 coverage, novelty) on each set; save ``report.json`` and ``demo.png`` (references | samples |
-bar chart). About 4 minutes on 2 CPU cores; ``quick=True`` is a reduced run for CI.
+bar chart). About 2.5 minutes on 2 CPU cores; ``quick=True`` is a reduced run for CI.
 """
 
 from __future__ import annotations

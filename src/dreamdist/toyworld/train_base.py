@@ -63,7 +63,7 @@ class BaseTrainConfig:
         default=0.10, metadata={"help": "chance of an empty caption (classifier-free guidance)"}
     )
     eval_every: float = field(default=10.0, metadata={"help": "minutes between evaluations + saves"})
-    eval_images: int = field(default=48, metadata={"help": "images per split per evaluation"})
+    eval_images: int = field(default=48, metadata={"help": "images per split per evaluation (0: save without scoring)"})
 
 
 def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -81,6 +81,41 @@ def training_batch(cfg: BaseTrainConfig, step: int) -> tuple[torch.Tensor, list[
     keep = torch.rand(cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed + 7 * step))
     captions = [c if k >= cfg.empty_caption else "" for c, k in zip(batch.captions, keep.tolist())]
     return batch.images * 2 - 1, captions
+
+
+def denoising_loss(
+    vae,
+    tokenizer,
+    text_encoder,
+    unet,
+    scheduler,
+    pixels: torch.Tensor,
+    captions: list[str],
+    generator: torch.Generator,
+    min_snr_gamma: float,
+) -> torch.Tensor:
+    """Min-SNR-weighted v-prediction loss of one captioned batch (gradients reach UNet and text encoder).
+
+    Args:
+        vae, tokenizer, text_encoder, unet, scheduler: the model's parts (the VAE stays frozen).
+        pixels: (B, 3, 32, 32) in [-1, 1].
+        captions: B strings ("" for the unconditional ones).
+        generator: draws the latent sample, the noise and the timesteps, in that order.
+        min_snr_gamma: gamma of the min-SNR weighting.
+    """
+    device = unet.device
+    ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        latents = vae.encode(pixels.to(device)).latent_dist.sample(generator)  # (B, 4, 16, 16)
+        latents = latents * vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=generator, device=device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(captions),), generator=generator, device=device)
+    noisy = scheduler.add_noise(latents, noise, t)
+    target = scheduler.get_velocity(latents, noise, t)
+    states = text_encoder(ids.to(device)).last_hidden_state  # (B, 77, 128)
+    pred = unet(noisy, t, states).sample  # (B, 4, 16, 16)
+    per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    return (snr_weights(scheduler, t, min_snr_gamma) * per_sample).mean()
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -104,7 +139,14 @@ def save_pipeline(components: dict, out: Path, tokenizer_files: Path | None = No
         if tokenizer_files is not None and (tokenizer_files / name).is_file():
             shutil.copy(tokenizer_files / name, tmp / "tokenizer" / name)
     (tmp / "dreamdist.json").write_text(json.dumps(GENERATION_DEFAULTS, indent=1))  # read by dreamdist
-    for extra in ("training_loss.csv", "training_eval.csv", "training_curve.png", "training_config.json"):
+    extras = (
+        "training_loss.csv",
+        "training_eval.csv",
+        "training_vae.csv",
+        "training_curve.png",
+        "training_config.json",
+    )
+    for extra in extras:
         if (out / extra).exists():
             shutil.copy(out / extra, tmp / extra)
     shutil.rmtree(out, ignore_errors=True)
@@ -117,10 +159,11 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    vae_rows: list[dict] = []
     if cfg.vae_path is not None:
         vae = AutoencoderKL.from_pretrained(cfg.vae_path).to(device)
     else:
-        vae = train_vae(minutes=cfg.vae_minutes, seed=cfg.seed, device=device, max_steps=cfg.vae_max_steps)
+        vae = train_vae(cfg.vae_minutes, seed=cfg.seed, device=device, max_steps=cfg.vae_max_steps, log=vae_rows)
         vae.save_pretrained(out.parent / f"{out.name}_vae")  # reusable with --vae-path
     vae.requires_grad_(False).eval()
 
@@ -143,7 +186,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
             scheduler=sampling_scheduler(scheduler),
         )  # fmt: skip
         row = {"step": step, "minutes": round(minutes, 2), "images": step * cfg.batch_size}
-        if ORACLE_FILE.is_file():  # looked up at each evaluation: it may be trained alongside
+        if cfg.eval_images > 0 and ORACLE_FILE.is_file():  # looked up each time: may be trained alongside
             oracle = load_oracle()
             pipe = assemble_pipeline(**components)
             for split in ("seen", "held_out"):
@@ -153,6 +196,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
             eval_rows.append(row)
         save_pipeline(components, out, tokenizer_files)
         write_csv(loss_rows, out / "training_loss.csv")
+        write_csv(vae_rows, out / "training_vae.csv")
         write_csv(eval_rows, out / "training_eval.csv")
         plot_curves(loss_rows, eval_rows, out / "training_curve.png")
         config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
@@ -162,19 +206,8 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
         pixels, captions = training_batch(cfg, step)
-        ids = tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
-        with torch.no_grad():
-            latents = vae.encode(pixels.to(device)).latent_dist.sample(generator)  # (B, 4, 16, 16)
-            latents = latents * vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=generator,
-                          device=device)  # fmt: skip
-        noisy = scheduler.add_noise(latents, noise, t)
-        target = scheduler.get_velocity(latents, noise, t)
-        states = text_encoder(ids.to(device)).last_hidden_state  # (B, 77, 128)
-        pred = unet(noisy, t, states).sample  # (B, 4, 16, 16)
-        per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
-        loss = (snr_weights(scheduler, t, cfg.min_snr_gamma) * per_sample).mean()
+        models = (vae, tokenizer, text_encoder, unet, scheduler)
+        loss = denoising_loss(*models, pixels, captions, generator, cfg.min_snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
