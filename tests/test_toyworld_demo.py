@@ -1,18 +1,27 @@
-"""Toy world: the offline demo runs end to end in its reduced (CI) mode."""
+"""Toy world: the offline demo runs end to end in its reduced (CI) mode, also from the CLI."""
 
 from __future__ import annotations
 
 import json
 
-from dreamdist.toyworld.demo import GAMMAS, run_demo
+from dreamdist.cli import main
+from dreamdist.toyworld.demo import GAMMAS
 
 
-def test_quick_demo_runs_and_reports(tmp_path):
-    result = run_demo(tmp_path / "demo", quick=True)
+def test_quick_demo_runs_and_reports(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quick"]) == 0
+    result = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert result["concept"] == "cool-patterned"
     assert set(result["reports"]) == {f"{g:g}" for g in GAMMAS}
     for report in result["reports"].values():
         assert report["num_images"] > 0
         assert 0.0 <= report["fidelity"] <= 1.0 and 0.0 <= report["coverage"] <= 1.0
         assert 0.0 <= report["novelty"] <= report["fidelity"]
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "demo" / "report.json").read_text())["concept"] == "cool-patterned"
+    assert "oracle report" in capsys.readouterr().out
+
+
+def test_toy_refs_command_writes_a_reference_folder(tmp_path, capsys):
+    assert main(["toy-refs", "warm-pointy", "--out", str(tmp_path / "refs"), "--n", "5"]) == 0
+    assert len(list((tmp_path / "refs").glob("*.png"))) == 5
+    assert "(none names this concept)" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """The offline demo: learn a prompt distribution from toy references and score it with the oracle.
 
-    python -m dreamdist.toyworld.demo out/demo [--quick]
+    dreamdist demo --out out/demo [--quick]      (or python -m dreamdist.toyworld.demo ...)
 
 Steps: render a reference set of a concept that no short caption names; train DreamDistribution
 on the built-in toy model; generate at gamma = 0, 1, 2; run the oracle report (fidelity,
@@ -170,12 +170,11 @@ def run_demo(out_dir: str | Path, quick: bool = False, concept: str = "cool-patt
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dreamdist.toyworld.demo OUT [--quick] [--concept NAME] [--seed N]``."""
+    """``python -m dreamdist.toyworld.demo [--out OUT] [--quick] [--concept NAME] [--seed N]``."""
+    from dreamdist.toyworld.cli import add_demo_arguments
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="output folder")
-    parser.add_argument("--quick", action="store_true", help="reduced sizes (CI smoke test)")
-    parser.add_argument("--concept", default="cool-patterned", help="built-in concept name")
-    parser.add_argument("--seed", type=int, default=0)
+    add_demo_arguments(parser)
     args = parser.parse_args(argv)
     run_demo(args.out, quick=args.quick, concept=args.concept, seed=args.seed)
     return 0
