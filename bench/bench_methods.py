@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from _common import SIZES, run_isolated, time_steps
 
 # name -> (registry method, config kwargs, two-stage stage to time)
 VARIANTS = {
@@ -32,10 +30,6 @@ VARIANTS = {
     "custom-diffusion": ("custom-diffusion", {"class_noun": "dog", "init_word": "toy"}, None),
     "two-stage/stage1": ("two-stage", {"class_noun": "dog", "init_word": "red", "stage1_steps": 1}, 1),
     "two-stage/stage2": ("two-stage", {"class_noun": "dog", "init_word": "red", "stage1_steps": 1}, 2),
-}
-SIZES = {  # "small": a text encoder / UNet balance closer to SD's
-    "tiny": dict(hidden_size=32),
-    "small": dict(hidden_size=256, text_layers=6, unet_channels=(32, 64), sample_size=16),
 }
 
 
@@ -66,31 +60,21 @@ def run_variant(name: str, scale: str, steps: int, batch: int) -> dict:
     latents = (mean * backbone.latent_scale).to(backbone.device)  # (B, C, h, w)
     labels = torch.zeros(batch, dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(steps + 2):  # two warm-up steps
+
+    def step() -> None:
         if stage is not None:
             method.begin_step(0 if stage == 1 else method.config.stage1_steps, method.config.stage1_steps + 1)
-        start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         total, _, _ = method_loss(backbone, method, latents, labels, generator)
         total.backward()
         optimizer.step()
         method.after_step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if step >= 2:
-            times.append(time.perf_counter() - start)
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if torch.cuda.is_available()
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+
+    step_s, peak = time_steps(step, steps)
     trained = sum(p.numel() for g in groups for p in g["params"] if p.grad is not None)  # got a gradient
     return {
         "variant": name,
-        "step_s": sorted(times)[len(times) // 2],
+        "step_s": step_s,
         "peak_mib": peak,
         "trained": trained,
     }
@@ -115,12 +99,8 @@ def main() -> None:
     ]
     results = {}
     for name in names:
-        cmd = [sys.executable, __file__, "--variant", name, "--scale", args.scale, "--steps", str(args.steps)]
-        cmd += ["--batch", str(args.batch)] + (["--threads", str(args.threads)] if args.threads else [])
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        cmd = ["--variant", name, "--scale", args.scale, "--steps", str(args.steps), "--batch", str(args.batch)]
+        results[name] = run_isolated(__file__, cmd + (["--threads", str(args.threads)] if args.threads else []))
     ref = results["dreamdistribution"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     threads = args.threads or torch.get_num_threads()

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import tempfile
-import time
 
 import torch
+
+from _common import SIZES, run_isolated, time_steps
 
 
 def reference_condition(method, backbone, labels, generator):
@@ -41,12 +39,7 @@ def build(scale: str, folder: str):
     from dreamdist.backbone import Backbone
     from dreamdist.testing import save_tiny_pipeline
 
-    # "small": a text encoder / UNet balance closer to SD's (text encoding is ~1/3 of a SD step's work)
-    sizes = {
-        "tiny": dict(hidden_size=32),
-        "small": dict(hidden_size=256, text_layers=6, unet_channels=(32, 64), sample_size=16),
-    }[scale]
-    path = save_tiny_pipeline(folder, **sizes)
+    path = save_tiny_pipeline(folder, **SIZES[scale])
     return Backbone.from_pretrained(path, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -70,26 +63,16 @@ def run_variant(variant: str, scale: str, steps: int, batch: int) -> dict:
     latents = (mean * backbone.latent_scale).to(backbone.device)
     labels = torch.zeros(batch, dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(steps + 2):  # two warm-up steps
-        start = time.perf_counter()
+
+    def step() -> None:
         optimizer.zero_grad()
         cond = condition(backbone, labels, generator)
         loss = diffusion_loss(backbone, latents, cond.hidden, cond.repeats, generator) + cond.aux_loss
         loss.backward()
         optimizer.step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if step >= 2:
-            times.append(time.perf_counter() - start)
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if torch.cuda.is_available()
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    return {"variant": variant, "step_s": sorted(times)[len(times) // 2], "peak_mib": peak}
+
+    step_s, peak = time_steps(step, steps)
+    return {"variant": variant, "step_s": step_s, "peak_mib": peak}
 
 
 def main() -> None:
@@ -104,20 +87,8 @@ def main() -> None:
         return
     results = {}
     for variant in ("dreamdist", "reference"):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--variant",
-            variant,
-            "--scale",
-            args.scale,
-            "--steps",
-            str(args.steps),
-            "--batch",
-            str(args.batch),
-        ]
-        line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        results[variant] = json.loads(line)
+        cmd = ["--variant", variant, "--scale", args.scale, "--steps", str(args.steps), "--batch", str(args.batch)]
+        results[variant] = run_isolated(__file__, cmd)
     ours, ref = results["dreamdist"], results["reference"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"DreamDistribution step, K=32 M=4 S=4, batch {args.batch}, {args.scale} components, {device}")
