@@ -86,6 +86,7 @@ def test_mix_manifest_and_grid(runs, tmp_path):
     result = gen(tmp_path, [runs["a"], runs["b"]], weights=[0.3, 0.7], num_images=3)
     records = [json.loads(line) for line in result.manifest.read_text().splitlines()]
     assert [r["seed"] for r in records] == [0, 1, 2]
+    assert records[0]["method"] == "dreamdistribution"
     assert records[0]["weights"] == [0.3, 0.7] and len(records[0]["artifacts"]) == 2
     assert len(records[0]["artifacts"][0]["sha256"]) == 64
     assert all((tmp_path / r["file"]).exists() for r in records)
@@ -108,7 +109,8 @@ def test_plain_prompt_baseline(tiny_model, tmp_path):
         )
     )
     assert len(result.paths) == 2
-    assert json.loads(result.manifest.read_text().splitlines()[0])["prompt"] == "a photo of a cathedral"
+    record = json.loads(result.manifest.read_text().splitlines()[0])
+    assert record["prompt"] == "a photo of a cathedral" and record["method"] == "caption"
 
 
 def test_wrong_backbone_is_refused(runs, other_model, tmp_path):

@@ -185,7 +185,8 @@ def generate(config: GenerateConfig, backbone: Backbone | None = None) -> Genera
             path = out / f"{record['index']:05d}.png"
             image.save(path)
             paths.append(path)
-            record = {"file": path.name, **record, "model": backbone.model_id, "artifacts": sources}
+            method = artifacts[0].method if artifacts else "caption"
+            record = {"file": path.name, "method": method, **record, "model": backbone.model_id, "artifacts": sources}
             if config.weights is not None:
                 record["weights"] = list(config.weights)
             manifest.write(json.dumps(record) + "\n")
