@@ -419,3 +419,14 @@ def test_two_stage_pipeline_folder_and_stage_checkpoints(tmp_path_factory, tiny_
             ),
             CASES["two-stage"].config,
         )
+
+
+def test_two_stage_rare_token_defaults_to_the_class_noun_embedding(tiny_model, refs):
+    from dreamdist.data import ReferenceSet
+    from dreamdist.methods.two_stage import TwoStage
+
+    backbone = Backbone.from_pretrained(tiny_model, device="cpu")
+    noun_row = backbone.token_embedding(backbone.tokenize(["dog"])[0, 1]).detach().clone()
+    method = TwoStage(TwoStageConfig(class_noun="dog"))
+    method.setup(backbone, ReferenceSet.from_folder(refs, 32), torch.Generator().manual_seed(0))
+    assert torch.equal(method.tokens.vectors.detach()[0], noun_row)

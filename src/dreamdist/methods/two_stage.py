@@ -42,7 +42,10 @@ class TwoStageConfig:
     class_noun: str = field(
         metadata=help_("the subject's class, e.g. 'backpack' (prompt 'a photo of <rare> backpack')")
     )
-    init_word: str = field(metadata=help_("one-token adjective initialising the rare token, e.g. 'shiny'"))
+    init_word: str | None = field(
+        default=None,
+        metadata=help_("one-token word initialising the rare token, e.g. 'shiny' (default: the class noun)"),
+    )
     token: str = field(default="<rare>", metadata=help_("the new rare adjective token"))
     instance_prompt: str = field(default="a photo of {}", metadata=help_("training prompt; {} -> '<rare> backpack'"))
     stage1_steps: int = field(default=500, metadata=help_("textual-inversion steps; --steps counts both stages"))
@@ -85,7 +88,7 @@ class TwoStage:
     ) -> None:
         cfg = self.config
         self.backbone = backbone
-        self.tokens = PlaceholderTokens(backbone, cfg.token, 1, cfg.init_word)
+        self.tokens = PlaceholderTokens(backbone, cfg.token, 1, cfg.init_word or cfg.class_noun)
         make_trainable(backbone.unet)
         self.unet_params = named_trainables({"unet": backbone.unet})
         self.ids = backbone.tokenize([cfg.instance_prompt.replace("{}", cfg.concept)])  # (1, L)
