@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 import types
 import typing
@@ -125,10 +126,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
-def build_parser(method: str = "dreamdistribution") -> argparse.ArgumentParser:
-    """The full parser; ``method`` selects which method's flags ``train`` shows."""
+def build_parser(method: str | None = "dreamdistribution") -> argparse.ArgumentParser:
+    """The full parser; ``method`` selects which method's flags ``train`` shows.
+
+    ``method=None`` leaves the method flags out: other commands do not need them, and importing
+    the methods (torch, diffusers) would make ``dreamdist --help`` take seconds.
+    """
     from dreamdist.config import GenerateConfig, TrainConfig
-    from dreamdist.methods import get_method
 
     parser = argparse.ArgumentParser(
         prog="dreamdist",
@@ -140,7 +144,10 @@ def build_parser(method: str = "dreamdistribution") -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="learn from a folder of reference images")
     add_dataclass_args(train, TrainConfig)
-    add_dataclass_args(train.add_argument_group(f"{method} options"), get_method(method)[0])
+    if method is not None:
+        from dreamdist.methods import get_method
+
+        add_dataclass_args(train.add_argument_group(f"{method} options"), get_method(method)[0])
     train.set_defaults(func=cmd_train)
 
     gen = sub.add_parser("generate", help="generate images from run folder(s) or a plain prompt")
@@ -194,7 +201,11 @@ def _quiet_libraries(verbose: bool) -> None:
     diffusers.utils.logging.set_verbosity_error()
 
 
-def _method_of(argv: list[str]) -> str:
+def _method_of(argv: list[str]) -> str | None:
+    """The ``--method`` of a ``train`` command line (default dreamdistribution); None for other commands."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command != "train":
+        return None
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--method", default="dreamdistribution")
     return pre.parse_known_args(argv)[0].method
@@ -202,11 +213,6 @@ def _method_of(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamdist`` command."""
-    from dreamdist.artifact import UnsafeFileError
-    from dreamdist.backbone import BackboneMismatchError
-    from dreamdist.data import NoUsableImagesError
-    from dreamdist.training.loop import TrainingAborted, TrainingInterrupted
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser(_method_of(argv))
@@ -218,19 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries(args.verbose)
     try:
         return int(args.func(args) or 0)
-    except TrainingInterrupted as exc:
-        print(f"dreamdist: {exc}", file=sys.stderr)
-        return 128 + exc.signum
-    except (
-        NoUsableImagesError,
-        BackboneMismatchError,
-        UnsafeFileError,
-        TrainingAborted,
-        FileNotFoundError,
-        FileExistsError,
-        ValueError,
-        OSError,
-    ) as exc:
+    except KeyboardInterrupt as exc:  # TrainingInterrupted carries the signal; a plain Ctrl-C is SIGINT
+        print(f"dreamdist: {exc or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+    except Exception as exc:
+        # user-facing failures (bad input, missing files, mismatched backbone, refused pickle, aborted
+        # training) are ValueError / OSError / TrainingAborted: one line, exit 2; anything else is a bug
+        from dreamdist.training.loop import TrainingAborted
+
+        if not isinstance(exc, (ValueError, OSError, TrainingAborted)):
+            raise
         print(f"dreamdist: error: {exc}", file=sys.stderr)
         return 2
 
