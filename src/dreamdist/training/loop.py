@@ -180,6 +180,8 @@ def train(config: TrainConfig, method_config=None) -> Path:
     step, streak = 0, 0
     if config.resume:
         step = _resume(out, method, optimizer, generator, run_meta)
+        if accelerator.process_index > 0:  # checkpoints hold rank 0's stream; other ranks draw their own
+            generator.manual_seed(config.seed + accelerator.process_index + 1_000_003 * step)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(run_meta, indent=2, default=str) + "\n")
