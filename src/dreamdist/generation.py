@@ -60,12 +60,19 @@ def make_pipeline(backbone: Backbone, scheduler: str | None = None) -> StableDif
     else:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     scheduler_cls = getattr(diffusers, class_name, diffusers.DDIMScheduler)
+    return assemble_pipeline(
+        backbone.vae, backbone.text_encoder, backbone.tokenizer, backbone.unet, scheduler_cls.from_config(config)
+    )
+
+
+def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` over in-memory components, without safety checker or progress bar."""
     pipe = StableDiffusionPipeline(
-        vae=backbone.vae,
-        text_encoder=backbone.text_encoder,
-        tokenizer=backbone.tokenizer,
-        unet=backbone.unet,
-        scheduler=scheduler_cls.from_config(config),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

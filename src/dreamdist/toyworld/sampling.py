@@ -1,4 +1,4 @@
-"""Default sampler settings of the toy model, and a pipeline builder used by training and tests."""
+"""Default sampler settings of the toy model, its sampling scheduler, and loading the shipped pipeline."""
 
 from __future__ import annotations
 
@@ -15,22 +15,6 @@ GENERATION_DEFAULTS = {"guidance_scale": DEFAULT_GUIDANCE, "num_inference_steps"
 def sampling_scheduler(training_scheduler: SchedulerMixin) -> DPMSolverMultistepScheduler:
     """The scheduler shipped with the model: DPM-Solver++ (2M) on the training noise schedule."""
     return DPMSolverMultistepScheduler.from_config(training_scheduler.config)
-
-
-def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` without safety checker from in-memory components."""
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def load_pipeline(folder: str | Path | None = None, device: str = "cpu") -> StableDiffusionPipeline:

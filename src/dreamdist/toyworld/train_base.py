@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
+from dreamdist.generation import assemble_pipeline
 from dreamdist.toyworld.components import build_scheduler, build_text_encoder, build_tokenizer, build_unet
 from dreamdist.toyworld.curves import plot_curves, write_csv
 from dreamdist.toyworld.oracle import ORACLE_FILE, load_oracle
 from dreamdist.toyworld.quality import oracle_accuracy
 from dreamdist.toyworld.render import render
-from dreamdist.toyworld.sampling import GENERATION_DEFAULTS, assemble_pipeline, sampling_scheduler
+from dreamdist.toyworld.sampling import GENERATION_DEFAULTS, sampling_scheduler
 from dreamdist.toyworld.train_vae import train_vae
 
 DEFAULT_OUT = Path(__file__).parent / "assets" / "toy-sd"
