@@ -218,6 +218,21 @@ class CLIPFeatures(nn.Module):
         return self.text_projection(pooled).float().cpu()
 
 
+def _load_vit(module: nn.Module, model_cls, model_id, name: str, flag: str, device, local_files_only: bool, **kw):
+    """Give a ViT-style extractor its ``model``, ``processor`` and ``info``, then move it to ``device``."""
+    module.model_id = str(model_id)
+    module.model = _from_pretrained(model_cls, module.model_id, name, flag, local_files_only, **kw)
+    module.processor = _load_image_processor(module.model_id, name, flag, local_files_only)
+    module.info = FeatureInfo(
+        module.kind,
+        module.model_id,
+        _weights_fingerprint(module.model_id, module.model.config),
+        _processor_json(module.processor),
+        module.model.config.hidden_size,
+    )
+    module.eval().to(_device(device))
+
+
 class DINOFeatures(nn.Module):
     """DINO v1 ViT features: the CLS token after the final layer norm (``ViTModel``).
 
@@ -231,20 +246,16 @@ class DINOFeatures(nn.Module):
 
     def __init__(self, model_id: str = DEFAULT_DINO, device=None, local_files_only: bool = False):
         super().__init__()
-        flag = "--dino-model"
-        self.model_id = str(model_id)
-        self.model = _from_pretrained(
-            transformers.ViTModel, self.model_id, "DINO", flag, local_files_only, add_pooling_layer=False
+        _load_vit(
+            self,
+            transformers.ViTModel,
+            model_id,
+            "DINO",
+            "--dino-model",
+            device,
+            local_files_only,
+            add_pooling_layer=False,
         )
-        self.processor = _load_image_processor(self.model_id, "DINO", flag, local_files_only)
-        self.info = FeatureInfo(
-            self.kind,
-            self.model_id,
-            _weights_fingerprint(self.model_id, self.model.config),
-            _processor_json(self.processor),
-            self.model.config.hidden_size,
-        )
-        self.eval().to(_device(device))
 
     @torch.no_grad()
     def forward(self, images: Images) -> torch.Tensor:
@@ -266,18 +277,7 @@ class DINOv2Features(nn.Module):
 
     def __init__(self, model_id: str = DEFAULT_DINOV2, device=None, local_files_only: bool = False):
         super().__init__()
-        flag = "--dinov2-model"
-        self.model_id = str(model_id)
-        self.model = _from_pretrained(transformers.Dinov2Model, self.model_id, "DINOv2", flag, local_files_only)
-        self.processor = _load_image_processor(self.model_id, "DINOv2", flag, local_files_only)
-        self.info = FeatureInfo(
-            self.kind,
-            self.model_id,
-            _weights_fingerprint(self.model_id, self.model.config),
-            _processor_json(self.processor),
-            self.model.config.hidden_size,
-        )
-        self.eval().to(_device(device))
+        _load_vit(self, transformers.Dinov2Model, model_id, "DINOv2", "--dinov2-model", device, local_files_only)
 
     @torch.no_grad()
     def forward(self, images: Images) -> torch.Tensor:
