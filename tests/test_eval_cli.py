@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from dreamdist.evaluation import features, metrics, tiny
@@ -16,15 +15,6 @@ from dreamdist.evaluation.cli import main, register
 from dreamdist.evaluation.images import load_image_set
 
 ALL = "fid,clip-i,dino,density,coverage,precision,recall,clip-t"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPU is shared: one intra-op thread avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def save_noise_images(folder, count, mean, seed, manifest_prompts=None):

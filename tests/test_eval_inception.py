@@ -14,15 +14,6 @@ from dreamdist.evaluation.features import InceptionFeatures
 from dreamdist.evaluation.tiny import save_random_fid_inception
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPU is shared: one intra-op thread avoids oversubscription (and is faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     return save_random_fid_inception(tmp_path_factory.mktemp("inception") / "random_inception.pth")

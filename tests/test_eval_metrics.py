@@ -13,15 +13,6 @@ from scipy import linalg
 from dreamdist.evaluation import metrics as M
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPU is shared: one intra-op thread avoids oversubscription (and is faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
     """The pytorch-fid / TTUR reference: scipy.linalg.sqrtm of the covariance product."""
     mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
