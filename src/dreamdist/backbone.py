@@ -199,10 +199,13 @@ class Backbone:
         pooled = hidden[torch.arange(batch, device=hidden.device), eos_positions]  # (B, d)
         return hidden, pooled
 
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Plain prompts -> (B, L, d) features, through the same path as learned prompts."""
-        ids = self.tokenize(texts)
+    def encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids -> (B, L, d) features, through the same path as learned prompts."""
         return self.encode_prompt_embeds(self.token_embedding(ids), self.eos_positions(ids))[0]
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Plain prompts -> (B, L, d) features."""
+        return self.encode_ids(self.tokenize(texts))
 
     # ---------------------------------------------------------------- images
     @torch.no_grad()

@@ -132,10 +132,7 @@ class CustomDiffusion:
         self.prior = prior_from_config(backbone, run_dir, cfg, data.pixels.shape[-1])
         if self.prior is not None:
             with torch.no_grad():
-                ids = self.prior.ids
-                self.class_hidden = backbone.encode_prompt_embeds(
-                    backbone.token_embedding(ids), backbone.eos_positions(ids)
-                )[0]
+                self.class_hidden = backbone.encode_ids(self.prior.ids)  # (1, L, d)
         self.tokens = PlaceholderTokens(backbone, cfg.modifier_token, 1, cfg.init_word)
         install_processors(backbone.unet)
         self.params = named_trainables({"unet": backbone.unet})  # the attn2 processors' K/V only

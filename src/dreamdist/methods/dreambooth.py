@@ -111,13 +111,8 @@ class DreamBooth:
         self.instance_ids = backbone.tokenize([cfg.instance_prompt.replace("{}", cfg.concept)])  # (1, L)
         if not cfg.train_text_encoder:  # frozen text encoder: encode the fixed prompts once
             with torch.no_grad():
-                self.instance_hidden = self._encode(self.instance_ids)
-                self.class_hidden = self._encode(self.prior.ids) if self.prior else None
-
-    def _encode(self, ids: torch.Tensor) -> torch.Tensor:
-        """(1, L) ids -> (1, L, d) features (differentiable when the text encoder trains)."""
-        backbone = self.backbone
-        return backbone.encode_prompt_embeds(backbone.token_embedding(ids), backbone.eos_positions(ids))[0]
+                self.instance_hidden = self.backbone.encode_ids(self.instance_ids)
+                self.class_hidden = self.backbone.encode_ids(self.prior.ids) if self.prior else None
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.backbone.unet] + ([self.backbone.text_encoder] if self.config.train_text_encoder else [])
@@ -126,10 +121,10 @@ class DreamBooth:
         """labels (B,) -> the instance prompt's features (B, L, d) [+ a class-image batch (B, ...)]."""
         batch = len(labels)
         trains_text = self.config.train_text_encoder
-        hidden = self._encode(self.instance_ids) if trains_text else self.instance_hidden
+        hidden = self.backbone.encode_ids(self.instance_ids) if trains_text else self.instance_hidden
         prior = None
         if self.prior is not None:
-            class_hidden = self._encode(self.prior.ids) if trains_text else self.class_hidden
+            class_hidden = self.backbone.encode_ids(self.prior.ids) if trains_text else self.class_hidden
             latents = self.prior.sample(backbone, batch, generator)
             prior = PriorBatch(latents, class_hidden.expand(batch, -1, -1), self.config.prior_weight)
         return Conditioning(hidden=hidden.expand(batch, -1, -1), prior=prior)
