@@ -241,7 +241,7 @@ def train(config: TrainConfig, method_config=None) -> Path:
             if (periodic or step in extra_checkpoints) and step < total_steps:
                 checkpoint()
             if config.sample_every and step % config.sample_every == 0 and accelerator.is_main_process:
-                _sample_grid(backbone, method, run_meta, out / "samples" / f"step-{step:07d}.png", config.seed)
+                _sample_grid(backbone, method, out / "samples" / f"step-{step:07d}.png", config.seed)
             if stop["signal"] is not None:
                 path = checkpoint()
                 bar.close()
@@ -295,7 +295,7 @@ def _resume(out: Path, method: Method, optimizer, generator: torch.Generator, ru
     return state.step
 
 
-def _sample_grid(backbone: Backbone, method: Method, run_meta: dict, path: Path, seed: int) -> None:
+def _sample_grid(backbone: Backbone, method: Method, path: Path, seed: int) -> None:
     """Save a small grid from the current state (validation images during training)."""
     from dreamdist.artifact import Artifact
     from dreamdist.config import GenerateConfig
