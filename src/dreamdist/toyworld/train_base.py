@@ -1,6 +1,8 @@
 """Train the toy text-to-image model from scratch and save it as a diffusers pipeline folder.
 
-    python scripts/train_toy_model.py --threads 1 --vae-minutes 7 --unet-minutes 58
+    python scripts/train_toy_model.py --threads 2 --vae-minutes 7 --unet-minutes 58
+    # continue the shipped model for hours, in the background, across restarts:
+    python scripts/train_toy_model.py --init-from toy --out /tmp/toy-v2 --unet-minutes 600 --resume
 
 Stage 1 trains the tiny VAE (``train_vae``). Stage 2 trains the UNet and the CLIP text encoder
 jointly on captioned renders of the *seen* combos, in the VAE's latent space: v-prediction,
@@ -8,6 +10,12 @@ min-SNR-5 loss weighting, AdamW with warmup, EMA weights, 10 % empty captions (f
 free guidance) and 15 % attribute dropout in captions. Every ``--eval-every`` minutes the EMA
 model is saved to ``--out`` and scored by the oracle; the loss and accuracy curves are written
 next to it (``training_loss.csv``, ``training_eval.csv``, ``training_curve.png``).
+
+Every ``--checkpoint-every`` minutes the full training state (weights, EMA weights, optimizer,
+step, noise generator, curves) is written atomically to ``<out>_state/``; ``--resume`` continues
+from it exactly (the data stream is a function of the step). ``--init-from`` warm-starts from a
+trained pipeline folder (``toy`` = the shipped model): its VAE is reused and its UNet and text
+encoder are the starting (and EMA) weights.
 """
 
 from __future__ import annotations
@@ -15,15 +23,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextModel
 
 from dreamdist.generation import assemble_pipeline
+from dreamdist.toyworld import model_dir
 from dreamdist.toyworld.components import build_scheduler, build_text_encoder, build_tokenizer, build_unet
 from dreamdist.toyworld.curves import plot_curves, write_csv
 from dreamdist.toyworld.oracle import ORACLE_FILE, load_oracle
@@ -43,15 +55,23 @@ class BaseTrainConfig:
         default=DEFAULT_OUT, metadata={"help": "pipeline folder written (and overwritten at every evaluation)"}
     )
     seed: int = field(default=0, metadata={"help": "seeds init, data, noise and timesteps"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+    threads: int = field(default=2, metadata={"help": "torch CPU threads"})
     device: str = field(default="auto", metadata={"help": '"auto" = cuda when present, else cpu'})
     vae_minutes: float = field(default=7.0, metadata={"help": "stage-1 budget"})
     vae_max_steps: int | None = field(default=None, metadata={"help": "stage-1 step cap (reproducible stopping point)"})
     vae_path: Path | None = field(default=None, metadata={"help": "reuse a trained VAE folder (skips stage 1)"})
     unet_minutes: float = field(default=58.0, metadata={"help": "stage-2 budget"})
     max_steps: int | None = field(default=None, metadata={"help": "stage-2 step cap (reproducible stopping point)"})
+    init_from: str | None = field(
+        default=None, metadata={"help": 'warm start from a pipeline folder ("toy" = the shipped model; skips stage 1)'}
+    )
+    resume: bool = field(default=False, metadata={"help": "continue from <out>_state/ when it exists"})
+    checkpoint_every: float = field(default=5.0, metadata={"help": "minutes between training-state checkpoints"})
     batch_size: int = field(default=32, metadata={"help": "images per step"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (after warmup, constant)"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (after warmup)"})
+    lr_schedule: str = field(
+        default="constant", metadata={"help": 'constant, or "cosine" (decays to 10 %% at --max-steps; needs it)'}
+    )
     warmup_steps: int = field(default=200, metadata={"help": "linear learning-rate warmup steps"})
     ema_decay: float = field(
         default=0.999, metadata={"help": "EMA decay of the saved weights (ramped up as (1 + step) / (10 + step))"}
@@ -65,6 +85,22 @@ class BaseTrainConfig:
     )
     eval_every: float = field(default=10.0, metadata={"help": "minutes between evaluations + saves"})
     eval_images: int = field(default=48, metadata={"help": "images per split per evaluation (0: save without scoring)"})
+
+    def __post_init__(self) -> None:
+        """Reject contradictory flags by name."""
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"--lr-schedule must be constant or cosine, not {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and not self.max_steps:
+            raise ValueError("--lr-schedule cosine decays over --max-steps; give --max-steps")
+
+
+def learning_rate(cfg: BaseTrainConfig, step: int) -> float:
+    """Linear warmup, then constant or cosine down to 10 % of the peak at ``max_steps``."""
+    scale = min(1.0, (step + 1) / cfg.warmup_steps)
+    if cfg.lr_schedule == "cosine":
+        progress = min(1.0, step / max(1, cfg.max_steps))
+        scale *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * scale
 
 
 def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -154,31 +190,91 @@ def save_pipeline(components: dict, out: Path, tokenizer_files: Path | None = No
     tmp.rename(out)
 
 
+def state_dir(cfg: BaseTrainConfig) -> Path:
+    """Folder of the resumable training state: ``<out>_state`` next to the pipeline folder."""
+    out = Path(cfg.out)
+    return out.parent / f"{out.name}_state"
+
+
+def save_state(folder: Path, modules: dict[str, torch.nn.Module], optimizer, meta: dict) -> None:
+    """Write weights, EMA weights, optimizer and progress to ``folder`` atomically (tmp folder + rename)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, module in modules.items():
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # our own file, read back with weights_only=True
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)  # a complete state exists at every moment: old, then new
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(folder: Path, modules: dict[str, torch.nn.Module], optimizer) -> dict:
+    """Restore what ``save_state`` wrote; returns its meta (step, generator state, curves)."""
+    if not (folder / "meta.json").is_file() and folder.with_name(folder.name + ".old").is_dir():
+        folder = folder.with_name(folder.name + ".old")  # killed between the two renames
+    for name, module in modules.items():
+        module.load_state_dict(load_file(folder / f"{name}.safetensors"))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    return json.loads((folder / "meta.json").read_text())
+
+
+def initial_models(cfg: BaseTrainConfig, tokenizer, device: str):
+    """(text_encoder, unet): fresh from config, or the weights of ``--init-from``."""
+    if cfg.init_from is None:
+        torch.manual_seed(cfg.seed)
+        return build_text_encoder(tokenizer).to(device), build_unet().to(device)
+    folder = Path(model_dir() if cfg.init_from == "toy" else cfg.init_from)
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    return text_encoder.to(device), UNet2DConditionModel.from_pretrained(folder / "unet").to(device)
+
+
 def train_base(cfg: BaseTrainConfig) -> Path:
-    """Run both stages; returns the pipeline folder."""
+    """Run both stages (or continue a warm start / a saved state); returns the pipeline folder."""
     torch.set_num_threads(cfg.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     vae_rows: list[dict] = []
-    if cfg.vae_path is not None:
-        vae = AutoencoderKL.from_pretrained(cfg.vae_path).to(device)
+    vae_source = cfg.vae_path
+    if vae_source is None and cfg.init_from is not None:
+        vae_source = Path(model_dir() if cfg.init_from == "toy" else cfg.init_from) / "vae"
+    if vae_source is not None:
+        vae = AutoencoderKL.from_pretrained(vae_source).to(device)
     else:
         vae = train_vae(cfg.vae_minutes, seed=cfg.seed, device=device, max_steps=cfg.vae_max_steps, log=vae_rows)
         vae.save_pretrained(out.parent / f"{out.name}_vae")  # reusable with --vae-path
     vae.requires_grad_(False).eval()
 
-    torch.manual_seed(cfg.seed)
-    tokenizer_files = out.parent / "_tokenizer_build"
+    tokenizer_files = out.parent / f"_{out.name}_tokenizer_build"
     tokenizer = build_tokenizer(tokenizer_files)
-    text_encoder, unet = build_text_encoder(tokenizer).to(device), build_unet().to(device)
+    text_encoder, unet = initial_models(cfg, tokenizer, device)
     scheduler = build_scheduler()
     ema_text, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    loss_rows, eval_rows, smooth = [], [], None
-    start, last_eval, step = time.time(), time.time(), 0
+    modules = {"unet": unet, "text_encoder": text_encoder, "ema_unet": ema_unet, "ema_text_encoder": ema_text}
+    loss_rows, eval_rows, smooth, step = [], [], None, 0
+    saved = state_dir(cfg)
+    if cfg.resume and ((saved / "meta.json").is_file() or saved.with_name(saved.name + ".old").is_dir()):
+        meta = load_state(saved, modules, optimizer)
+        step, smooth, loss_rows, eval_rows = meta["step"], meta["smooth"], meta["loss_rows"], meta["eval_rows"]
+        generator.set_state(torch.tensor(meta["generator"], dtype=torch.uint8))
+        print(f"resumed from {saved} at step {step}", flush=True)
+    first_step = step
+    start = last_eval = last_save = time.time()
+
+    def checkpoint() -> None:
+        meta = {
+            "step": step, "smooth": smooth, "loss_rows": loss_rows, "eval_rows": eval_rows,
+            "generator": generator.get_state().tolist(), "config": str(asdict(cfg)),
+        }  # fmt: skip
+        save_state(saved, modules, optimizer, meta)
 
     def evaluate_and_save(final: bool = False) -> None:
         minutes = (time.time() - start) / 60
@@ -186,7 +282,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
             vae=vae, text_encoder=ema_text, tokenizer=tokenizer, unet=ema_unet,
             scheduler=sampling_scheduler(scheduler),
         )  # fmt: skip
-        row = {"step": step, "minutes": round(minutes, 2), "images": step * cfg.batch_size}
+        row = {"step": step, "minutes": round(minutes, 2), "images": (step - first_step) * cfg.batch_size}
         if cfg.eval_images > 0 and ORACLE_FILE.is_file():  # looked up each time: may be trained alongside
             oracle = load_oracle()
             pipe = assemble_pipeline(**components)
@@ -205,7 +301,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
 
     while time.time() - start < cfg.unet_minutes * 60 and (cfg.max_steps is None or step < cfg.max_steps):
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+            group["lr"] = learning_rate(cfg, step)
         pixels, captions = training_batch(cfg, step)
         models = (vae, tokenizer, text_encoder, unet, scheduler)
         loss = denoising_loss(*models, pixels, captions, generator, cfg.min_snr_gamma)
@@ -213,18 +309,24 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        decay = cfg.ema_decay if cfg.init_from else min(cfg.ema_decay, (1 + step) / (10 + step))
         ema_update(ema_unet, unet, decay)
         ema_update(ema_text, text_encoder, decay)
         smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
         if step % 50 == 0:
             minutes = (time.time() - start) / 60
             loss_rows.append({"step": step, "minutes": round(minutes, 3), "loss": round(smooth, 5)})
-            print(f"step {step:6d}  loss {smooth:.4f}  {minutes:6.1f} min", flush=True)
+            print(
+                f"step {step:6d}  loss {smooth:.4f}  lr {learning_rate(cfg, step):.2e}  {minutes:6.1f} min", flush=True
+            )
         step += 1
+        if time.time() - last_save > cfg.checkpoint_every * 60:
+            checkpoint()
+            last_save = time.time()
         if time.time() - last_eval > cfg.eval_every * 60:
             evaluate_and_save()
             last_eval = time.time()
+    checkpoint()
     evaluate_and_save(final=True)
     shutil.rmtree(tokenizer_files, ignore_errors=True)
     return out
@@ -235,10 +337,13 @@ def parse_args(argv: list[str] | None = None) -> BaseTrainConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for spec in fields(BaseTrainConfig):
         value = spec.default
-        kind = type(value) if value is not None else (Path if spec.name.endswith("path") else int)
+        flag, text = "--" + spec.name.replace("_", "-"), f"{spec.metadata['help']} (default: {value})"
+        if isinstance(value, bool):
+            parser.add_argument(flag, action="store_true", help=spec.metadata["help"])
+            continue
+        kind = type(value) if value is not None else {"vae_path": Path, "init_from": str}.get(spec.name, int)
         kind = Path if isinstance(value, Path) else kind
-        text = f"{spec.metadata['help']} (default: {value})"
-        parser.add_argument("--" + spec.name.replace("_", "-"), type=kind, default=value, help=text)
+        parser.add_argument(flag, type=kind, default=value, help=text)
     return BaseTrainConfig(**vars(parser.parse_args(argv)))
 
 
