@@ -5,7 +5,10 @@ Pure functions over predicted attribute triples (long (N, 3) tensors or lists of
 - fidelity: share of generated images whose triple lies in the concept's support;
 - coverage: share of the reference set's distinct triples that appear among the generated;
 - novelty: share of generated images whose triple is in the support but in no reference;
-- support coverage: share of the whole support that appears among the generated.
+- support coverage: share of the whole support that appears among the generated;
+- total variation: ``1/2 sum_v |p_gen(v) - p_ref(v)|`` between the generated and reference
+  distributions of each attribute and of the joint triple (0 = same distribution, 1 = disjoint);
+- attribute coverage: per attribute, share of the references' distinct values that appear.
 
 ``concept_report`` runs the oracle on images (PIL or a tensor) and computes all of them.
 """
@@ -75,6 +78,47 @@ def attribute_fidelity(generated: Triples, support: Iterable[Combo]) -> dict[str
     return out
 
 
+def histogram(triples: Triples, attribute: int | None = None) -> dict:
+    """Empirical distribution (value -> share) of one attribute (0, 1, 2) or of whole triples (None)."""
+    rows = as_combos(triples)
+    keys = [row if attribute is None else row[attribute] for row in rows]
+    counts: dict = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    return {key: count / len(keys) for key, count in counts.items()}
+
+
+def total_variation(generated: Triples, references: Triples, attribute: int | None = None) -> float:
+    """Total-variation distance between generated and reference distributions, in [0, 1].
+
+    Args:
+        attribute: 0 colour, 1 shape, 2 background, or None for the joint (colour, shape, background).
+    Returns:
+        ``1/2 sum_v |p_gen(v) - p_ref(v)|``; 1.0 when either set is empty.
+    """
+    if not as_combos(generated) or not as_combos(references):
+        return 1.0
+    gen, ref = histogram(generated, attribute), histogram(references, attribute)
+    return 0.5 * sum(abs(gen.get(v, 0.0) - ref.get(v, 0.0)) for v in set(gen) | set(ref))
+
+
+def attribute_tv(generated: Triples, references: Triples) -> dict[str, float]:
+    """Total variation per attribute and of the joint triple ("joint")."""
+    out = {name: total_variation(generated, references, i) for i, name in enumerate(ATTRIBUTES)}
+    out["joint"] = total_variation(generated, references, None)
+    return out
+
+
+def attribute_coverage(generated: Triples, references: Triples) -> dict[str, float]:
+    """Per attribute: share of the references' distinct values that appear among the generated."""
+    gen, ref = as_combos(generated), as_combos(references)
+    out = {}
+    for i, name in enumerate(ATTRIBUTES):
+        wanted = {r[i] for r in ref}
+        out[name] = len(wanted & {g[i] for g in gen}) / len(wanted) if wanted else 0.0
+    return out
+
+
 @dataclass
 class ConceptReport:
     """The report's numbers for one generated set."""
@@ -87,6 +131,17 @@ class ConceptReport:
     support_coverage: float
     num_novel_combos: int
     attribute_fidelity: dict[str, float]
+    tv: dict[str, float]  # total variation per attribute and "joint"
+    attribute_coverage: dict[str, float]
+
+    @property
+    def attribute_tv_mean(self) -> float:
+        """Mean total variation over the three attributes (the issue's "attribute TV")."""
+        return sum(self.tv[name] for name in ATTRIBUTES) / len(ATTRIBUTES)
+
+    def faithful_and_diverse(self, fidelity: float = 0.8, coverage: float = 0.8, tv: float = 0.2) -> bool:
+        """Whether the set is faithful (fidelity), diverse (coverage) and distributed like the references (TV)."""
+        return self.fidelity >= fidelity and self.coverage >= coverage and self.attribute_tv_mean <= tv
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-ready)."""
@@ -98,7 +153,8 @@ class ConceptReport:
         return (
             f"{self.concept}: fidelity {self.fidelity:.0%} ({attrs}), coverage {self.coverage:.0%}, "
             f"novelty {self.novelty:.0%} ({self.num_novel_combos} new combos), "
-            f"support covered {self.support_coverage:.0%}, n={self.num_images}"
+            f"support covered {self.support_coverage:.0%}, attribute TV {self.attribute_tv_mean:.2f} "
+            f"(colour {self.tv['colour']:.2f}, joint {self.tv['joint']:.2f}), n={self.num_images}"
         )
 
 
@@ -114,6 +170,8 @@ def report_from_triples(concept: Concept, generated: Triples, references: Triple
         support_coverage=support_coverage(gen, concept.support),
         num_novel_combos=len(novel_combos(gen, references, concept.support)),
         attribute_fidelity=attribute_fidelity(gen, concept.support),
+        tv=attribute_tv(gen, references),
+        attribute_coverage=attribute_coverage(gen, references),
     )
 
 
