@@ -67,7 +67,7 @@ def run_variant(variant: str, scale: str, steps: int, batch: int) -> dict:
     def step() -> None:
         optimizer.zero_grad()
         cond = condition(backbone, labels, generator)
-        loss = diffusion_loss(backbone, latents, cond.hidden, cond.repeats, generator) + cond.aux_loss
+        loss = diffusion_loss(backbone, latents, cond.hidden, cond.repeats, generator).mean() + cond.aux_loss
         loss.backward()
         optimizer.step()
 

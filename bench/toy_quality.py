@@ -1,107 +1,270 @@
 """Faithful AND diverse? The paper's Table 1 claim, checked offline in the toy world.
 
-For every built-in toy concept: render references, then score each method's generated set with
-the oracle: fidelity (share of images inside the concept's support) and coverage (share of the
-references' attribute combinations that appear). Methods: DreamDistribution, Textual Inversion,
-the short caption (where one names the concept) and the long caption (listing the support).
+For every built-in toy concept and seed: render references, train every method of the registry
+on them, generate, and score each generated set with the oracle: fidelity (share of images inside
+the concept's support), coverage (share of the references' combinations that appear), novelty,
+and the total-variation distance between the generated and reference distributions of each
+attribute and of the joint triple. Cells are mean +- std over seeds of the mean over concepts.
 
-    python bench/toy_quality.py [--concepts a,b] [--steps 300] [--images 48] [--out bench_out/toy_quality]
+    python bench/toy_quality.py                  # every method, 3 seeds, all concepts (~hours on 2 cores)
+    python bench/toy_quality.py --quick          # 2 concepts, 1 seed, short training: a smoke run
+    python bench/toy_quality.py --ablation       # DreamDistribution objectives x samplers x knobs
+    python bench/toy_quality.py --variants dd,dd-paper --concepts circles,mix-four --seeds 0,1,2
 
-Prints a Markdown table (and writes it with a JSON file into --out).
+Trained runs and generated sets are cached under --out (a rerun skips what exists), so an
+interrupted benchmark continues. Writes ``table.md``, ``results.json`` and ``quality.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def run_concept(name: str, args, backbone, oracle, root: Path) -> dict[str, dict]:
-    """Score every method on one concept; returns {method: report dict}."""
-    from dreamdist.api import GenerateConfig, TrainConfig, generate, train
-    from dreamdist.methods.dreamdistribution import DreamDistributionConfig
-    from dreamdist.methods.textual_inversion import TextualInversionConfig
-    from dreamdist.toyworld.concepts import get_concept, render_concept
+@dataclass(frozen=True)
+class Variant:
+    """One row of the table: a method with its options (or a caption), and how it is sampled."""
+
+    label: str
+    method: str | None  # registry name; None = caption baseline
+    options: dict = field(default_factory=dict)  # method config fields
+    sampling: dict = field(default_factory=dict)  # GenerateConfig fields
+    caption: str | None = None  # "short" or "long" for caption baselines
+    train: dict = field(default_factory=dict)  # TrainConfig overrides (steps, learning_rate)
+
+    def run_key(self) -> str:
+        """Trained runs are shared by variants that differ only in sampling."""
+        parts = [self.method or "caption"] + [f"{k}={v}" for k, v in sorted({**self.options, **self.train}.items())]
+        return "_".join(parts).replace("/", "-").replace(" ", "")
+
+
+MIX = {"objective": "mixture"}
+VARIANTS = {
+    "dd": Variant("DreamDistribution (defaults)", "dreamdistribution"),
+    "dd-paper": Variant(
+        "DreamDistribution (paper: gaussian/gaussian)",
+        "dreamdistribution",
+        {"objective": "gaussian"},
+        {"sampler": "gaussian", "gamma": 1.0},
+    ),
+    "ti": Variant("Textual Inversion", "textual-inversion", {"init_word": "shape"}, {"prompt": "{}"}),
+    "dreambooth-lora": Variant(
+        "DreamBooth-LoRA", "dreambooth", {"class_noun": "shape", "lora": True, "rank": 8}, {"prompt": "{}"}
+    ),
+    "custom-diffusion": Variant(
+        "Custom Diffusion", "custom-diffusion", {"class_noun": "shape", "init_word": "shape"}, {"prompt": "{}"}
+    ),
+    "two-stage": Variant(
+        "Two-stage (TI + UNet)", "two-stage", {"class_noun": "shape", "stage1_steps": 150}, {"prompt": "{}"}
+    ),
+    "short": Variant("short caption", None, caption="short"),
+    "long": Variant("long caption", None, caption="long"),
+}
+MAIN = ["dd", "dd-paper", "ti", "dreambooth-lora", "custom-diffusion", "two-stage", "short", "long"]
+
+
+def ablation_variants() -> dict[str, Variant]:
+    """DreamDistribution options of METHODS.md §8: objective x sampler x gamma, then the plain knobs."""
+    dd = "dreamdistribution"
+    out = {}
+    for objective in ("gaussian", "mixture"):
+        for sampler in ("gaussian", "mixture"):
+            for gamma in (0.0, 0.5, 1.0, 2.0):
+                out[f"{objective}-obj/{sampler}/g{gamma}"] = Variant(
+                    f"objective {objective}, sampler {sampler}, gamma {gamma}",
+                    dd,
+                    {"objective": objective},
+                    {"sampler": sampler, "gamma": gamma},
+                )
+    knobs = {
+        "K=8": {"num_prompts": 8},
+        "K=16": {"num_prompts": 16},
+        "S=8": {"num_samples": 8},
+        "M=8": {"num_tokens": 8},
+        "lambda=0": {"ortho_weight": 0.0},
+        "lambda=0.05": {"ortho_weight": 0.05},
+        "train_gamma=0": {"train_gamma": 0.0},
+        "train_gamma=1": {"train_gamma": 1.0},
+        "smoothing=0": {"assign_smoothing": 0.0},
+        "smoothing=0.3": {"assign_smoothing": 0.3},
+    }
+    for name, options in knobs.items():
+        out[f"mixture-obj/{name}"] = Variant(f"mixture objective, {name}", dd, {**MIX, **options})
+    for name, train in {"steps=150": {"steps": 150}, "steps=600": {"steps": 600}, "lr=3e-3": {"learning_rate": 3e-3}}:
+        out[f"mixture-obj/{name}"] = Variant(f"mixture objective, {name}", dd, dict(MIX), train=train)
+    return out
+
+
+def train_run(variant: Variant, refs, folder: Path, args) -> Path:
+    """Train (or reuse) the run of a variant on one reference folder."""
+    from dreamdist.api import TrainConfig, train
+    from dreamdist.artifact import ARTIFACT_NAME
+    from dreamdist.methods import get_method
+
+    run = folder / variant.run_key()
+    if (run / ARTIFACT_NAME).is_file():
+        return run
+    config_cls = get_method(variant.method).config
+    settings = dict(steps=args.steps, **variant.train)
+    config = TrainConfig(
+        images=str(refs.folder), model="toy", resolution=32, seed=args.seed_now, checkpoint_every=0, progress=False,
+        out=str(run), method=variant.method, resume=run.exists(), **settings,
+    )  # fmt: skip
+    return train(config, config_cls(**variant.options))
+
+
+def score(variant: Variant, concept, refs, folder: Path, args, backbone, oracle) -> dict:
+    """Generate one set for a variant and return its oracle report (cached as JSON)."""
+    from dreamdist.api import GenerateConfig, generate
     from dreamdist.toyworld.report import concept_report
 
-    concept = get_concept(name)
-    refs = render_concept(concept, root / name / "refs", n=args.references, seed=args.seed)
-    common = dict(
-        images=str(refs.folder), model="toy", resolution=32, seed=args.seed, checkpoint_every=0, progress=False
-    )
-    gen = dict(num_images=args.images, seed=args.seed, batch_size=16, progress=False)
-    runs = {
-        "dreamdistribution": train(
-            TrainConfig(**common, out=str(root / name / "dd"), steps=args.steps), DreamDistributionConfig()
-        ),
-        "textual-inversion": train(
-            TrainConfig(**common, out=str(root / name / "ti"), steps=args.steps, method="textual-inversion"),
-            TextualInversionConfig(init_word="shape"),
-        ),
-    }
-    sets = {
-        "dreamdistribution": GenerateConfig(
-            out=str(root / name / "g_dd"), artifacts=[str(runs["dreamdistribution"])], **gen
-        ),
-        "textual-inversion": GenerateConfig(
-            out=str(root / name / "g_ti"), artifacts=[str(runs["textual-inversion"])], prompt="{}", **gen
-        ),
-        "long caption": GenerateConfig(out=str(root / name / "g_long"), prompt=concept.long_caption, **gen),
-    }
-    if concept.short_caption:
-        sets["short caption"] = GenerateConfig(out=str(root / name / "g_short"), prompt=concept.short_caption, **gen)
-    results = {}
-    for method, config in sets.items():
-        # textual inversion adds its token to the backbone it is given, so it gets its own
-        images = generate(config, backbone=None if method == "textual-inversion" else backbone).images
-        results[method] = concept_report(concept, images, refs.combos, oracle).to_dict()
-    return results
+    key = variant.run_key() + "__" + "_".join(f"{k}={v}" for k, v in sorted(variant.sampling.items()))
+    cached = folder / "reports" / f"{key.replace('/', '-').replace(' ', '')}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    gen = dict(num_images=args.images, seed=args.seed_now, batch_size=16, progress=False, **variant.sampling)
+    out = folder / "generated" / key.replace("/", "-").replace(" ", "")
+    if variant.method is None:
+        text = concept.short_caption if variant.caption == "short" else concept.long_caption
+        if text is None:
+            return {}  # no short caption names this concept
+        images = generate(GenerateConfig(out=str(out), prompt=text, **gen), backbone=backbone).images
+    else:
+        run = train_run(variant, refs, folder, args)
+        # methods that load weights into the backbone get a fresh one; prompt-only methods share it
+        shared = backbone if variant.method == "dreamdistribution" else None
+        images = generate(GenerateConfig(out=str(out), artifacts=[str(run)], **gen), backbone=shared).images
+    report = concept_report(concept, images, refs.combos, oracle).to_dict()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(report))
+    return report
 
 
-def main() -> None:
+FIELDS = {
+    "fidelity": lambda r: r["fidelity"],
+    "coverage": lambda r: r["coverage"],
+    "attr TV": lambda r: sum(r["tv"][a] for a in ("colour", "shape", "background")) / 3,
+    "colour TV": lambda r: r["tv"]["colour"],
+    "joint TV": lambda r: r["tv"]["joint"],
+    "colour cov.": lambda r: r["attribute_coverage"]["colour"],
+    "novelty": lambda r: r["novelty"],
+}
+
+
+def aggregate(results: dict, variants: list[str]) -> dict[str, dict[str, tuple[float, float]]]:
+    """results[variant][seed][concept] -> per variant and field: (mean, std) over seeds of the concept mean."""
+    table = {}
+    for name in variants:
+        per_seed = results.get(name, {})
+        cells = {}
+        for field_name, get in FIELDS.items():
+            values = []
+            for reports in per_seed.values():
+                rows = [get(r) for r in reports.values() if r]
+                if rows:
+                    values.append(sum(rows) / len(rows))
+            if values:
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells[field_name] = (statistics.fmean(values), std)
+        table[name] = cells
+    return table
+
+
+def markdown(table: dict, labels: dict[str, str], title: str) -> str:
+    """A Markdown table: one row per variant, ``mean +- std`` per field."""
+    lines = [title, "", "| variant | " + " | ".join(FIELDS) + " |", "|---" * (len(FIELDS) + 1) + "|"]
+    for name, cells in table.items():
+        row = [f"{cells[f][0]:.2f} ± {cells[f][1]:.2f}" if f in cells else "n/a" for f in FIELDS]
+        lines.append(f"| {labels[name]} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot(table: dict, labels: dict[str, str], path: Path) -> None:
+    """Fidelity vs coverage (error bars over seeds), one point per variant; colour = attribute TV."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, cells in table.items():
+        if "fidelity" not in cells:
+            continue
+        (fx, fs), (cx, cs), tv = cells["fidelity"], cells["coverage"], cells["attr TV"][0]
+        ax.errorbar(cx, fx, xerr=cs, yerr=fs, fmt="o", color=plt.cm.viridis_r(min(tv / 0.6, 1.0)), capsize=3)
+        ax.annotate(f"{labels[name]} (TV {tv:.2f})", (cx, fx), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("coverage of the references' combinations")
+    ax.set_ylabel("fidelity (share inside the concept)")
+    ax.set_xlim(0, 1.05)
+    ax.set_ylim(0, 1.05)
+    ax.axhline(0.9, ls=":", c="grey")
+    ax.axvline(0.9, ls=":", c="grey")
+    ax.set_title("toy world: faithful (up) and diverse (right); mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
     from dreamdist.backbone import Backbone
-    from dreamdist.toyworld.concepts import CONCEPTS
+    from dreamdist.toyworld.concepts import CONCEPTS, get_concept, render_concept
     from dreamdist.toyworld.oracle import load_oracle
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concepts", default=",".join(CONCEPTS), help="comma-separated concept names")
+    parser.add_argument("--variants", default=",".join(MAIN), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--ablation", action="store_true", help="DreamDistribution ablation variants instead")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (references, training, sampling)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per learned method")
-    parser.add_argument("--images", type=int, default=48, help="generated images per method and concept")
+    parser.add_argument("--images", type=int, default=32, help="generated images per set")
     parser.add_argument("--references", type=int, default=12, help="reference images per concept")
-    parser.add_argument("--seed", type=int, default=0, help="seed of references, training and sampling")
-    parser.add_argument("--out", default="bench_out/toy_quality", help="working folder and results")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="2 concepts, seed 0, 40 steps, 8 images: a smoke run")
+    parser.add_argument("--out", default="bench_out/toy_quality", help="working folder (cache) and results")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.concepts, args.seeds, args.steps, args.images = "circles,mix-four", "0", 40, 8
+    catalogue = ablation_variants() if args.ablation else VARIANTS
+    names = list(catalogue) if args.ablation and args.variants == ",".join(MAIN) else args.variants.split(",")
+    unknown = [n for n in names if n not in catalogue]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(catalogue)}")
     root = Path(args.out)
     backbone, oracle = Backbone.from_pretrained("toy"), load_oracle()
-    table, start = {}, time.time()
-    for name in args.concepts.split(","):
-        table[name] = run_concept(name, args, backbone, oracle, root)
-        print(f"{name}: done after {time.time() - start:.0f} s", flush=True)
-    methods = ["dreamdistribution", "textual-inversion", "short caption", "long caption"]
-    lines = [
-        f"fidelity / coverage, {args.images} images per cell, {args.steps} training steps, oracle-scored",
-        "",
-        "| concept | " + " | ".join(methods) + " |",
-        "|---" * (len(methods) + 1) + "|",
-    ]
-    for name, results in table.items():
-        cells = [
-            f"{results[m]['fidelity']:.2f} / {results[m]['coverage']:.2f}" if m in results else "n/a" for m in methods
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    means = []
-    for m in methods:
-        rows = [r[m] for r in table.values() if m in r]
-        fid, cov = (sum(r[k] for r in rows) / len(rows) for k in ("fidelity", "coverage")) if rows else (None, None)
-        means.append(f"**{fid:.2f} / {cov:.2f}**" if rows else "n/a")
-    lines.append("| **mean** | " + " | ".join(means) + " |")
-    text = "\n".join(lines)
+    results: dict = {}
+    start = time.time()
+    for seed in (int(s) for s in args.seeds.split(",")):
+        args.seed_now = seed
+        for concept_name in args.concepts.split(","):
+            concept = get_concept(concept_name)
+            folder = root / f"seed{seed}" / concept_name
+            refs = render_concept(concept, folder / "refs", n=args.references, seed=seed)
+            for name in names:
+                report = score(catalogue[name], concept, refs, folder, args, backbone, oracle)
+                results.setdefault(name, {}).setdefault(str(seed), {})[concept_name] = report
+            print(f"seed {seed} {concept_name}: done after {time.time() - start:.0f} s", flush=True)
+    labels = {name: catalogue[name].label for name in names}
+    table = aggregate(results, names)
+    title = (
+        f"{len(args.concepts.split(','))} concepts x seeds {args.seeds}; {args.references} references, "
+        f"{args.steps} training steps, {args.images} images per set; mean ± std over seeds of the concept mean"
+    )
+    text = markdown(table, labels, title)
     print(text)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "table.md").write_text(text + "\n")
-    (root / "results.json").write_text(json.dumps({"args": vars(args), "results": table}, indent=2))
+    suffix = "_ablation" if args.ablation else ""
+    (root / f"table{suffix}.md").write_text(text + "\n")
+    (root / f"results{suffix}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    plot(table, labels, root / f"quality{suffix}.png")
+    print(f"wrote {root / f'table{suffix}.md'} and {root / f'quality{suffix}.png'} in {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":

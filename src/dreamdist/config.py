@@ -99,7 +99,16 @@ class GenerateConfig:
         default=None,
         metadata=help_("multi-class artifacts: which class to sample (default: all, round robin)"),
     )
-    gamma: float = field(default=1.0, metadata=help_("diversity: scale of the std (0 = the mean prompt)"))
+    sampler: str = field(
+        default="gaussian",
+        metadata=help_(
+            "DreamDistribution sampler: 'gaussian' (paper: mu + gamma*omega*sigma) or 'mixture' (pick one of the "
+            "K learned prompts by its weight, add gamma*omega*sigma)"
+        ),
+    )
+    gamma: float = field(
+        default=1.0, metadata=help_("diversity: scale of the std (0 = the mean prompt, or the K prompts themselves)")
+    )
     mix_rule: str = field(
         default="paper", metadata=help_("std composition: 'paper' (sum sqrt(a) sigma) or 'public-code'")
     )
@@ -144,5 +153,7 @@ class GenerateConfig:
             prompt_set(self.prompt_set)  # raises with the known names
             if self.prompt:
                 raise ValueError("give --prompt or --prompt-set, not both")
+        if self.sampler not in ("gaussian", "mixture"):
+            raise ValueError(f"--sampler must be 'gaussian' or 'mixture'; got {self.sampler!r}")
         if self.mix_rule not in ("paper", "public-code"):
             raise ValueError(f"--mix-rule must be 'paper' or 'public-code'; got {self.mix_rule!r}")

@@ -1,5 +1,5 @@
-"""PromptDistribution: K learnable soft prompts per concept and the Gaussian they induce on
-CLIP text features (METHODS.md §1).
+"""PromptDistribution: K learnable soft prompts per concept and the distributions they induce on
+CLIP text features: the paper's Gaussian (METHODS.md §1) and the mixture of its K prompts (§8).
 
 A prompt is ``[BOS] PREFIX V_k SUFFIX [EOS] [PAD]...``: only ``V`` (M token embeddings per
 prompt) is learned; PREFIX/SUFFIX are ordinary words embedded with the frozen token table.
@@ -61,14 +61,70 @@ def encode_prompts(backbone: Backbone, vectors: torch.Tensor, template: PromptTe
     return backbone.encode_prompt_embeds(embeds, eos)
 
 
-def gaussian_stats(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., K, L, d) features of K prompts -> per position/channel mean and std, each (..., L, d)."""
-    return hidden.mean(dim=-3), hidden.std(dim=-3)
+def gaussian_stats(hidden: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, L, d) features of K prompts -> per position/channel mean and std, each (L, d).
+
+    ``weights`` (K,): component weights (normalised here); prompts of weight 0 do not count.
+    The std is unbiased: ``sum_k w_k (c_k - mu)^2 / (1 - sum_k w_k^2)``, which for equal weights is
+    the paper's ``std`` over K (denominator K - 1).
+    """
+    if weights is None:
+        return hidden.mean(dim=-3), hidden.std(dim=-3)
+    w = (weights / weights.sum()).to(hidden)[:, None, None]  # (K, 1, 1)
+    mean = (w * hidden).sum(dim=0)  # (L, d)
+    denominator = (1 - w.pow(2).sum()).clamp_min(1e-12)
+    return mean, ((w * (hidden - mean).pow(2)).sum(dim=0) / denominator).sqrt()
 
 
 def reparameterize(mean: torch.Tensor, std: torch.Tensor, omega: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
     """``mean + gamma * omega * std``; mean/std (B, L, d), omega (B, L, d) standard normal."""
     return mean + gamma * omega * std
+
+
+GOLDEN = (5**0.5 - 1) / 2  # Weyl sequence step: consecutive seeds spread evenly over [0, 1)
+
+
+def spread(seed: int) -> float:
+    """A point in [0, 1) for an image seed; any n consecutive seeds are nearly evenly spread."""
+    return (seed * GOLDEN) % 1.0
+
+
+def mixture_draw(
+    hidden: torch.Tensor,
+    std: torch.Tensor,
+    weights: torch.Tensor,
+    u: float,
+    generator: torch.Generator,
+    gamma: float = 1.0,
+) -> tuple[torch.Tensor, int]:
+    """One sample of the mixture of the K prompts: the component at ``u`` of the weights' CDF, plus noise.
+
+    Args:
+        hidden: (K, L, d) features of the K prompts; std: (L, d) their spread, or (K, L, d) one per prompt.
+        weights: (K,) non-negative component weights (need not be normalised).
+        u: a point in [0, 1) that picks the component (``spread(seed)``: stratified over seeds).
+        generator: CPU generator; draws omega (L, d).
+    Returns:
+        ``c_k + gamma * omega * std`` (L, d) and k. ``gamma = 0`` returns ``hidden[k]`` exactly.
+    """
+    cdf = torch.cumsum(weights.double().cpu(), 0)
+    k = min(int(torch.searchsorted(cdf, u * float(cdf[-1]), right=True)), len(cdf) - 1)
+    std = std[k] if std.dim() == hidden.dim() else std  # (L, d)
+    omega = torch.randn(std.shape, generator=generator).to(std)  # (L, d)
+    return hidden[k] + gamma * omega * std, k
+
+
+def winner_take_all(losses: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relaxed winner-take-all over candidates: (S, B) losses -> (scalar loss, winners (B,)).
+
+    Each image's lowest-loss candidate gets weight ``1 - smoothing``, and every candidate
+    ``smoothing / S`` more, so losing prompts still learn a little.
+    """
+    s = losses.shape[0]
+    winner = losses.detach().argmin(dim=0)  # (B,)
+    weights = torch.full_like(losses, smoothing / s)  # (S, B)
+    weights.scatter_add_(0, winner[None], torch.full_like(losses[:1], 1 - smoothing))
+    return (weights * losses).sum(dim=0).mean(), winner
 
 
 def orthogonality_loss(pooled: torch.Tensor, kind: str = "abs") -> torch.Tensor:

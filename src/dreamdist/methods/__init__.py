@@ -41,6 +41,8 @@ class Conditioning:
     the loop repeats the noisy latents R times to match (R = S samples for DreamDistribution).
     ``aux_loss``: an extra scalar added to the diffusion loss (already weighted), or None.
     ``prior``: an extra batch whose denoising loss the loop adds with ``prior.weight``, or None.
+    ``combine``: (R, B) per-row denoising losses -> the scalar loss (e.g. the best of R per image);
+    None = their mean.
     """
 
     hidden: torch.Tensor
@@ -48,6 +50,7 @@ class Conditioning:
     aux_loss: torch.Tensor | None = None
     logs: dict[str, float] = field(default_factory=dict)
     prior: PriorBatch | None = None
+    combine: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 # (image index, the image's own CPU generator) -> (prompt features (L, d), manifest fields)
@@ -84,8 +87,14 @@ class Method(Protocol):
     def trainable_modules(self) -> list[nn.Module]:
         """Modules holding the trainable parameters (prepared by accelerate for DDP)."""
 
-    def condition(self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator) -> Conditioning:
-        """Text conditioning for a batch with concept ``labels`` (B,)."""
+    def condition(
+        self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator, indices: torch.Tensor | None = None
+    ) -> Conditioning:
+        """Text conditioning for a batch with concept ``labels`` (B,).
+
+        ``indices`` (B,): which reference images are in the batch (rows of ``ReferenceSet``), for
+        methods that keep per-image state; None when the batch is not made of references.
+        """
 
     def after_step(self) -> None:
         """Called after each optimizer step (e.g. restore untouched embedding rows)."""

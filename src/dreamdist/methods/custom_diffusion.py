@@ -141,7 +141,9 @@ class CustomDiffusion:
     def trainable_modules(self) -> list[nn.Module]:
         return [self.tokens, self.backbone.unet]
 
-    def condition(self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator) -> Conditioning:
+    def condition(
+        self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator, indices: torch.Tensor | None = None
+    ) -> Conditioning:
         """labels (B,) -> the instance prompt's features (B, L, d) [+ a class-image batch]."""
         batch = len(labels)
         ids = self.instance_ids

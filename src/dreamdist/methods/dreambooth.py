@@ -117,7 +117,9 @@ class DreamBooth:
     def trainable_modules(self) -> list[nn.Module]:
         return [self.backbone.unet] + ([self.backbone.text_encoder] if self.config.train_text_encoder else [])
 
-    def condition(self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator) -> Conditioning:
+    def condition(
+        self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator, indices: torch.Tensor | None = None
+    ) -> Conditioning:
         """labels (B,) -> the instance prompt's features (B, L, d) [+ a class-image batch (B, ...)]."""
         batch = len(labels)
         trains_text = self.config.train_text_encoder

@@ -1,4 +1,20 @@
-"""DreamDistribution (Zhao et al., arXiv 2312.14216): prompt distribution learning, METHODS.md §1."""
+"""DreamDistribution (Zhao et al., arXiv 2312.14216): prompt distribution learning, METHODS.md §1.
+
+Two training objectives and two samplers (METHODS.md §8), named choices:
+
+- objective ``gaussian`` (the paper): each image is denoised with S samples of ONE diagonal
+  Gaussian fitted over the K prompts' features;
+- objective ``mixture``: the K prompts are mixture components and every reference image has an
+  owner among them (initially image i -> prompt i mod K). Each image is denoised with S
+  candidates (``c_k + train_gamma * omega * sigma``): its owner and S - 1 other prompts. The
+  candidate that denoises it best takes most of the loss (relaxed winner-take-all) and becomes
+  its owner: online hard EM, so each prompt learns the subset of references it explains. The
+  owners' shares are saved as the components' weights.
+- sampler ``gaussian`` (the paper): ``mu + gamma * omega * sigma`` (weighted by the components'
+  weights when the artifact has them);
+- sampler ``mixture``: the component at ``spread(image seed)`` of the weights' CDF (consecutive
+  seeds visit the components in proportion, not by chance), then ``c_k + gamma * omega * sigma``.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +34,15 @@ from dreamdist.prompt_distribution import (
     encode_prompts,
     gaussian_stats,
     mix_stats,
+    mixture_draw,
     orthogonality_loss,
     reparameterize,
+    spread,
+    winner_take_all,
 )
+
+OBJECTIVES = ("gaussian", "mixture")
+SAMPLERS = ("gaussian", "mixture")
 
 
 @dataclass
@@ -37,6 +59,19 @@ class DreamDistributionConfig:
     prefix: str = field(default="", metadata=help_("fixed words before the learned tokens, e.g. 'a photo of'"))
     suffix: str = field(default="", metadata=help_("fixed words after the learned tokens"))
     init_std: float = field(default=0.02, metadata=help_("std of the N(0, std) init of the learned tokens"))
+    objective: str = field(
+        default="gaussian",
+        metadata=help_(
+            "'gaussian' (paper: samples of one Gaussian over the K prompts) or 'mixture' (the K prompts as "
+            "components; each image trains the candidate that fits it best)"
+        ),
+    )
+    train_gamma: float = field(
+        default=0.5, metadata=help_("mixture objective: noise scale around each candidate prompt (x its std over K)")
+    )
+    assign_smoothing: float = field(
+        default=0.1, metadata=help_("mixture objective: loss share spread over the losing candidates (0 = hard)")
+    )
 
     def __post_init__(self) -> None:
         if self.num_prompts < 2:
@@ -47,6 +82,10 @@ class DreamDistributionConfig:
             raise ValueError(f"--ortho-kind must be 'abs' or 'squared'; got {self.ortho_kind!r}")
         if self.ortho_weight < 0:
             raise ValueError("--ortho-weight must be >= 0")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if self.train_gamma < 0 or not 0 <= self.assign_smoothing <= 1:
+            raise ValueError("--train-gamma must be >= 0 and --assign-smoothing in [0, 1]")
 
 
 def class_suffix(class_name: str | None, suffix: str) -> str:
@@ -67,6 +106,7 @@ class DreamDistribution:
         self.templates: list[PromptTemplate] = []
         self.class_names: list[str] = []
         self.multiclass = False
+        self.owners: torch.Tensor | None = None  # (N,) mixture objective: each reference's prompt
 
     def setup(self, backbone: Backbone, data: ReferenceSet, generator: torch.Generator, run_dir=None) -> None:
         cfg = self.config
@@ -89,66 +129,133 @@ class DreamDistribution:
             )
             for name in self.class_names
         ]
+        # image i of its class owns prompt (rank of i within the class) mod K
+        labels = self.labels = data.labels.long().cpu()
+        rank = torch.stack([(labels[:i] == labels[i]).sum() for i in range(len(labels))]) if len(labels) else labels
+        self.owners = rank % cfg.num_prompts  # (N,)
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.prompts]
 
-    def condition(self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator) -> Conditioning:
+    def condition(
+        self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator, indices: torch.Tensor | None = None
+    ) -> Conditioning:
         """Encode each present concept's K prompts ONCE, then draw S samples per image.
 
-        labels (B,) -> hidden (S*B, L, d), ordered sample-major.
+        labels (B,) -> hidden (S*B, L, d), ordered sample-major. Gaussian objective: samples of
+        the Gaussian over the K prompts; mixture objective: S candidate prompts per image plus
+        noise, combined by relaxed winner-take-all.
         """
         cfg = self.config
         present = labels.unique()  # (C',) sorted
         vectors = self.prompts(present.to(backbone.device))  # (C', K, M, d_tok)
-        means, stds, ortho = [], [], 0.0
+        features, stds, ortho = [], [], 0.0
         for c, class_vectors in zip(present.tolist(), vectors):
             hidden, pooled = encode_prompts(backbone, class_vectors, self.templates[c])  # (K, L, d), (K, d)
-            mean, std = gaussian_stats(hidden)  # (L, d) each
-            means.append(mean)
-            stds.append(std)
+            features.append(hidden)
+            stds.append(hidden.std(dim=0))  # (L, d)
             ortho = ortho + orthogonality_loss(pooled, cfg.ortho_kind)
         ortho = ortho / len(present)
         slot = torch.searchsorted(present, labels).to(backbone.device)  # (B,) row of each image's concept
-        mean, std = torch.stack(means)[slot], torch.stack(stds)[slot]  # (B, L, d)
-        omega = torch.randn((cfg.num_samples, *mean.shape), generator=generator).to(mean)  # (S, B, L, d)
-        samples = reparameterize(mean[None], std[None], omega)  # (S, B, L, d)
+        features, std = torch.stack(features), torch.stack(stds)[slot]  # (C', K, L, d), (B, L, d)
+        omega = torch.randn((cfg.num_samples, *std.shape), generator=generator).to(std)  # (S, B, L, d)
+        logs = {"ortho": float(ortho.detach())}
+        if cfg.objective == "gaussian":
+            samples = reparameterize(features.mean(dim=1)[slot][None], std[None], omega)  # (S, B, L, d)
+            combine = None
+        else:
+            if indices is None:
+                raise ValueError("the mixture objective needs the batch's reference indices")
+            pick = torch.stack(
+                [self._candidates(int(self.owners[i]), generator) for i in indices.tolist()], 1
+            )  # (S, B)
+            centres = features[slot[None], pick.to(slot.device)]  # (S, B, L, d)
+            samples = centres + cfg.train_gamma * omega * std[None]
+
+            def combine(losses: torch.Tensor) -> torch.Tensor:
+                loss, winner = winner_take_all(losses, cfg.assign_smoothing)  # winner (B,) in 0..S-1
+                self.owners[indices] = pick.gather(0, winner.cpu()[None])[0]  # the best candidate owns it
+                return loss
+
         return Conditioning(
             hidden=samples.flatten(0, 1),  # (S*B, L, d)
             repeats=cfg.num_samples,
             aux_loss=cfg.ortho_weight * ortho,
-            logs={"ortho": float(ortho.detach())},
+            logs=logs,
+            combine=combine,
         )
+
+    def _candidates(self, owner: int, generator: torch.Generator) -> torch.Tensor:
+        """The owner first, then S - 1 other prompts (distinct while S <= K), shape (S,)."""
+        s, k = self.config.num_samples, self.config.num_prompts
+        others = torch.randperm(k - 1, generator=generator)  # (K-1,) over the prompts except the owner
+        others = others + (others >= owner).long()
+        if s - 1 > len(others):
+            others = torch.cat([others, torch.randint(0, k, (s - 1 - len(others),), generator=generator)])
+        return torch.cat([torch.tensor([owner]), others[: s - 1]])
+
+    def component_weights(self) -> torch.Tensor:
+        """(C, K): per concept, the share of its references that each prompt owns."""
+        weights = torch.zeros(len(self.class_names), self.config.num_prompts)
+        weights.index_put_((self.labels, self.owners), torch.ones(len(self.owners)), accumulate=True)
+        return weights / weights.sum(dim=1, keepdim=True).clamp_min(1)
 
     def after_step(self) -> None:
         pass
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"vectors": self.prompts.vectors.detach().float().cpu()}
+        state = {"vectors": self.prompts.vectors.detach().float().cpu()}
+        if self.config.objective == "mixture":
+            state["owners"] = self.owners.clone()
+        return state
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             self.prompts.vectors.copy_(tensors["vectors"])
+        if "owners" in tensors:
+            self.owners = tensors["owners"].long().clone()
 
     def artifact(self, backbone: Backbone) -> tuple[dict[str, torch.Tensor], dict]:
-        return self.state_tensors(), {
+        tensors = {"vectors": self.prompts.vectors.detach().float().cpu()}
+        if self.config.objective == "mixture":
+            tensors["weights"] = self.component_weights()  # (C, K)
+        return tensors, {
             "method_config": asdict(self.config),
             "class_names": self.class_names,
             "multiclass": self.multiclass,
         }
 
 
-def artifact_stats(
+def artifact_features(
     backbone: Backbone, artifact: Artifact, prefix: str, suffix: str, class_index: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refit one concept of an artifact with (possibly new) prefix/suffix -> mean, std (L, d)."""
+) -> torch.Tensor:
+    """Re-encode one concept's K prompts with (possibly new) prefix/suffix -> (K, L, d)."""
     meta = artifact.meta
     vectors = artifact.tensors["vectors"]  # (C, K, M, d_tok)
     name = meta["class_names"][class_index] if meta.get("multiclass") else None
     template = PromptTemplate.build(backbone, vectors.shape[2], prefix, class_suffix(name, suffix))
     with torch.no_grad():
         hidden, _ = encode_prompts(backbone, vectors[class_index].to(backbone.device), template)
-    return gaussian_stats(hidden.float())
+    return hidden.float()
+
+
+def artifact_stats(
+    backbone: Backbone, artifact: Artifact, prefix: str, suffix: str, class_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refit one concept of an artifact with (possibly new) prefix/suffix -> mean, std (L, d),
+    weighted by the components' weights when the artifact has them."""
+    hidden = artifact_features(backbone, artifact, prefix, suffix, class_index)
+    saved = artifact.tensors.get("weights")
+    return gaussian_stats(hidden, artifact_weights(artifact, class_index) if saved is not None else None)
+
+
+def artifact_weights(artifact: Artifact, class_index: int) -> torch.Tensor:
+    """(K,) mixture weights of one concept: the saved responsibilities, else equal weights."""
+    vectors = artifact.tensors["vectors"]
+    saved = artifact.tensors.get("weights")
+    if saved is not None and float(saved[class_index].sum()) > 0:
+        return saved[class_index].float()
+    return torch.ones(vectors.shape[1])
 
 
 def _edit_text(artifact: Artifact, config: GenerateConfig) -> tuple[str, str]:
@@ -163,30 +270,78 @@ def _edit_text(artifact: Artifact, config: GenerateConfig) -> tuple[str, str]:
     return prefix, suffix
 
 
-def prompt_sampler(backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig):
-    """Per-image prompt features ``mu + gamma * omega * sigma`` (omega seeded by the image's seed).
-
-    One artifact: each image samples its concept (multi-class: round robin, or --class-name).
-    Several: their distributions are composed with the given weights (paper eq. 7).
-    """
-    edits = [_edit_text(a, config) for a in artifacts]
+def _gaussian(backbone: Backbone, artifacts: list[Artifact], edits, config: GenerateConfig, chosen):
+    """[(name, draw)] for the paper's sampler: ``mu + gamma * omega * sigma`` (mixing: paper eq. 7)."""
     if len(artifacts) == 1:
         names = artifacts[0].meta["class_names"]
-        if config.class_name is not None and config.class_name not in names:
-            raise ValueError(f"--class-name {config.class_name!r} is not in this artifact; classes: {names}")
-        chosen = [names.index(config.class_name)] if config.class_name is not None else range(len(names))
         stats = [(names[c], artifact_stats(backbone, artifacts[0], *edits[0], c)) for c in chosen]
     else:
         parts = [artifact_stats(backbone, a, *e, 0) for a, e in zip(artifacts, edits)]
         stats = [("mix", mix_stats(parts, list(config.weights), config.mix_rule))]
 
+    def draw(mean: torch.Tensor, std: torch.Tensor):
+        def one(seed: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+            omega = torch.randn(mean.shape, generator=generator).to(mean)  # (L, d)
+            return reparameterize(mean, std, omega, config.gamma), {}
+
+        return one
+
+    return [(name, draw(mean, std)) for name, (mean, std) in stats]
+
+
+def _mixture(backbone: Backbone, artifacts: list[Artifact], edits, config: GenerateConfig, chosen):
+    """[(name, draw)] for the mixture sampler: component k by the weights, ``c_k + gamma * omega * sigma``.
+
+    sigma is the (weighted) std of the component's own artifact. Mixing several artifacts is a
+    mixture of their mixtures: component weights times alpha_i.
+    """
+    if len(artifacts) == 1:
+        names = artifacts[0].meta["class_names"]
+        groups = [(names[c], [(artifacts[0], edits[0], c, 1.0)]) for c in chosen]
+    else:
+        groups = [("mix", [(a, e, 0, w) for a, e, w in zip(artifacts, edits, config.weights)])]
+
+    def draw(parts):
+        hidden, stds, weights = [], [], []
+        for artifact, edit, c, alpha in parts:
+            features = artifact_features(backbone, artifact, *edit, c)  # (K_i, L, d)
+            w = artifact_weights(artifact, c)  # (K_i,)
+            hidden.append(features)
+            stds.append(gaussian_stats(features, w)[1].expand_as(features))
+            weights.append(alpha * w / w.sum())
+        hidden, stds, weights = torch.cat(hidden), torch.cat(stds), torch.cat(weights)  # (sum K, ...)
+
+        def one(seed: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+            features, k = mixture_draw(hidden, stds, weights, spread(seed), generator, config.gamma)
+            return features, {"component": k}
+
+        return one
+
+    return [(name, draw(parts)) for name, parts in groups]
+
+
+def prompt_sampler(backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig):
+    """Per-image prompt features from the learned distribution (seeded by the image's generator).
+
+    ``config.sampler``: ``gaussian`` (paper) or ``mixture`` (METHODS.md §8). One artifact: each
+    image samples its concept (multi-class: round robin, or --class-name). Several: their
+    distributions are composed with the given weights.
+    """
+    edits = [_edit_text(a, config) for a in artifacts]
+    names = artifacts[0].meta["class_names"]
+    if len(artifacts) == 1 and config.class_name is not None and config.class_name not in names:
+        raise ValueError(f"--class-name {config.class_name!r} is not in this artifact; classes: {names}")
+    chosen = [names.index(config.class_name)] if config.class_name is not None else range(len(names))
+    build = {"gaussian": _gaussian, "mixture": _mixture}[config.sampler]
+    draws = build(backbone, artifacts, edits, config, chosen)
+
     def sample(index: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        name, (mean, std) = stats[index % len(stats)]
-        omega = torch.randn(mean.shape, generator=generator).to(mean)  # (L, d)
+        name, draw = draws[index % len(draws)]
+        features, extra = draw(config.seed + index, generator)
         prefix, suffix = edits[0]
         label = name if len(artifacts) == 1 and artifacts[0].meta.get("multiclass") else ""
         text = " ".join(part for part in (prefix, label, suffix) if part)
-        info = {"class": name, "gamma": config.gamma, "prefix": prefix, "suffix": suffix, "prompt": text}
-        return reparameterize(mean, std, omega, config.gamma), info
+        info = {"class": name, "gamma": config.gamma, "sampler": config.sampler, "prefix": prefix, "suffix": suffix}
+        return features, {**info, "prompt": text, **extra}
 
     return sample

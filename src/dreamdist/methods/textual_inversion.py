@@ -110,7 +110,9 @@ class TextualInversion:
     def trainable_modules(self) -> list[nn.Module]:
         return [self.tokens]
 
-    def condition(self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator) -> Conditioning:
+    def condition(
+        self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator, indices: torch.Tensor | None = None
+    ) -> Conditioning:
         """One random template per image: labels (B,) -> hidden (B, L, d)."""
         pick = torch.randint(0, len(self.template_ids), (len(labels),), generator=generator)
         ids = self.template_ids[pick.to(self.template_ids.device)]  # (B, L)

@@ -128,7 +128,9 @@ class TwoStage:
     def trainable_modules(self) -> list[nn.Module]:
         return [self.tokens, self.backbone.unet]
 
-    def condition(self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator) -> Conditioning:
+    def condition(
+        self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator, indices: torch.Tensor | None = None
+    ) -> Conditioning:
         """labels (B,) -> the instance prompt's features (B, L, d)."""
         hidden = self._encode() if self.stage == 1 else self.hidden
         return Conditioning(hidden=hidden.expand(len(labels), -1, -1), logs={"stage": float(self.stage)})

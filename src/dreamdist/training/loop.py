@@ -54,12 +54,13 @@ class LatentCache:
         self.std = torch.stack([s for _, s in encoded])  # (V, N, C, h, w)
         self.labels = data.labels  # (N,)
 
-    def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw B images (uniformly, a flip variant each) -> unscaled latents (B, C, h, w), labels (B,)."""
+    def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw B images (uniformly, a flip variant each) -> unscaled latents (B, C, h, w), labels (B,)
+        and the images' indices in the reference set (B,)."""
         index = torch.randint(0, self.mean.shape[1], (batch,), generator=generator)
         variant = torch.randint(0, self.mean.shape[0], (batch,), generator=generator)
         noise = torch.randn((batch, *self.mean.shape[2:]), generator=generator)
-        return self.mean[variant, index] + self.std[variant, index] * noise, self.labels[index]
+        return self.mean[variant, index] + self.std[variant, index] * noise, self.labels[index], index
 
 
 @contextmanager
@@ -90,7 +91,7 @@ def diffusion_loss(
         latents: (B, C, h, w) scaled clean latents.
         hidden: (R*B, L, d) text features, repeat-major; the same noise and timestep serve all R.
     Returns:
-        mean over R, B and elements of ``|| target - unet(x_t, t, c) ||^2``.
+        (R, B): per repeat and image, the mean over elements of ``|| target - unet(x_t, t, c) ||^2``.
     """
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents)
@@ -104,26 +105,34 @@ def diffusion_loss(
         timesteps.repeat(repeats),
         encoder_hidden_states=hidden.to(unet_dtype),
     ).sample
-    return F.mse_loss(pred.float(), target.repeat(repeats, 1, 1, 1).float())
+    errors = F.mse_loss(pred.float(), target.repeat(repeats, 1, 1, 1).float(), reduction="none")  # (R*B, C, h, w)
+    return errors.mean(dim=(1, 2, 3)).view(repeats, batch)
 
 
 def method_loss(
-    backbone: Backbone, method: Method, latents: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    backbone: Backbone,
+    method: Method,
+    latents: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    indices: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """The objective of one micro-batch: the denoising loss, the method's auxiliary term, and its
     weighted prior batch (e.g. prior preservation: the same loss on class images).
 
     Args:
         latents: (B, C, h, w) scaled clean latents; labels: (B,) their concepts.
+        indices: (B,) their rows in the reference set (None: not references).
     Returns:
         (total loss, the denoising loss alone, extra scalars to log).
     """
-    cond = method.condition(backbone, labels, generator)
-    loss = diffusion_loss(backbone, latents, cond.hidden, cond.repeats, generator)
+    cond = method.condition(backbone, labels, generator, indices)
+    losses = diffusion_loss(backbone, latents, cond.hidden, cond.repeats, generator)  # (R, B)
+    loss = cond.combine(losses) if cond.combine is not None else losses.mean()
     total = loss + (cond.aux_loss if cond.aux_loss is not None else 0.0)
     logs = dict(cond.logs)
     if cond.prior is not None:
-        prior_loss = diffusion_loss(backbone, cond.prior.latents, cond.prior.hidden, 1, generator)
+        prior_loss = diffusion_loss(backbone, cond.prior.latents, cond.prior.hidden, 1, generator).mean()
         total = total + cond.prior.weight * prior_loss
         logs["prior_loss"] = float(prior_loss.detach())
     return total, loss, logs
@@ -206,10 +215,10 @@ def train(config: TrainConfig, method_config=None) -> Path:
             optimizer.zero_grad(set_to_none=True)
             finite, logs = True, {}
             for _ in range(config.gradient_accumulation):
-                latents, labels = cache.sample(config.batch_size, generator)
+                latents, labels, indices = cache.sample(config.batch_size, generator)
                 latents = (latents.to(accelerator.device) - backbone.latent_shift) * backbone.latent_scale
                 with accelerator.autocast():
-                    total, loss, extra = method_loss(backbone, method, latents, labels, generator)
+                    total, loss, extra = method_loss(backbone, method, latents, labels, generator, indices)
                 if not torch.isfinite(total):
                     finite = False
                     break

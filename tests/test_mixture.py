@@ -1,0 +1,150 @@
+"""The two samplers and two objectives of DreamDistribution (METHODS.md §8)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dreamdist.artifact import load_artifact
+from dreamdist.config import GenerateConfig, TrainConfig
+from dreamdist.methods.dreamdistribution import (
+    DreamDistributionConfig,
+    artifact_features,
+    prompt_sampler,
+)
+from dreamdist.prompt_distribution import gaussian_stats, mixture_draw, spread, winner_take_all
+from dreamdist.testing import write_images
+from dreamdist.training.loop import train
+
+MIXTURE = DreamDistributionConfig(num_prompts=4, num_tokens=2, num_samples=2, objective="mixture")
+
+
+def test_weighted_stats_reduce_to_the_paper_and_ignore_zero_weights():
+    hidden = torch.randn(6, 5, 3)  # (K, L, d)
+    mean, std = gaussian_stats(hidden, torch.ones(6))
+    assert torch.allclose(mean, hidden.mean(0), atol=1e-6) and torch.allclose(std, hidden.std(0), atol=1e-6)
+    weights = torch.tensor([1.0, 1.0, 2.0, 0.0, 0.0, 0.0])
+    mean, std = gaussian_stats(hidden, weights)
+    repeated = torch.stack([hidden[0], hidden[1], hidden[2], hidden[2]])  # frequency weights, as samples
+    assert torch.allclose(mean, repeated.mean(0), atol=1e-6)
+    # reliability weights: sum w (c - mu)^2 / (1 - sum w^2), w = (1/4, 1/4, 1/2)
+    w = torch.tensor([0.25, 0.25, 0.5])[:, None, None]
+    expected = ((w * (hidden[:3] - mean) ** 2).sum(0) / (1 - (w**2).sum())).sqrt()
+    assert torch.allclose(std, expected, atol=1e-6)
+
+
+def test_mixture_draw_at_gamma_zero_is_exactly_a_prompt():
+    hidden, std = torch.randn(4, 5, 3), torch.rand(5, 3)
+    for u, k in ((0.0, 0), (0.3, 1), (0.6, 2), (0.99, 3)):
+        features, chosen = mixture_draw(hidden, std, torch.ones(4), u, torch.Generator().manual_seed(0), gamma=0.0)
+        assert chosen == k and torch.equal(features, hidden[k])
+    omega = torch.randn(5, 3, generator=torch.Generator().manual_seed(7))
+    features, k = mixture_draw(hidden, std, torch.ones(4), 0.6, torch.Generator().manual_seed(7), gamma=0.5)
+    assert torch.allclose(features, hidden[2] + 0.5 * omega * std)
+    per_prompt = torch.rand(4, 5, 3)  # one std per component
+    features, k = mixture_draw(hidden, per_prompt, torch.ones(4), 0.9, torch.Generator().manual_seed(7), gamma=1.0)
+    assert torch.allclose(features, hidden[3] + omega * per_prompt[3])
+    _, k = mixture_draw(hidden, std, torch.tensor([0.0, 0.0, 1.0, 0.0]), 0.0, torch.Generator(), gamma=0.0)
+    assert k == 2  # zero-weight components are never drawn
+
+
+def test_consecutive_seeds_visit_components_in_proportion():
+    hidden, std = torch.randn(5, 2, 2), torch.ones(2, 2)
+    for start in (0, 17, 1000):
+        picks = [
+            mixture_draw(hidden, std, torch.ones(5), spread(s), torch.Generator(), 0.0)[1]
+            for s in range(start, start + 50)
+        ]
+        counts = torch.bincount(torch.tensor(picks), minlength=5)
+        assert counts.min() >= 9 and counts.max() <= 11  # 10 each, up to the sequence's discrepancy
+    weights = torch.tensor([3.0, 1.0])
+    picks = [mixture_draw(hidden[:2], std, weights, spread(s), torch.Generator(), 0.0)[1] for s in range(40)]
+    assert abs(picks.count(0) - 30) <= 1
+
+
+def test_winner_take_all_weights_the_best_candidate():
+    losses = torch.tensor([[1.0, 0.2], [0.5, 0.9], [2.0, 0.1]], requires_grad=True)  # (S=3, B=2)
+    loss, winner = winner_take_all(losses, smoothing=0.3)
+    assert winner.tolist() == [1, 2]
+    loss.backward()
+    expected = torch.tensor([[0.1, 0.1], [0.8, 0.1], [0.1, 0.8]]) / 2  # 0.3/3 each + 0.7 to the winner, mean over B
+    assert torch.allclose(losses.grad, expected)
+    hard, _ = winner_take_all(losses.detach(), smoothing=0.0)
+    assert hard.item() == pytest.approx((0.5 + 0.1) / 2)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("mixture")
+    refs = write_images(root / "refs", 6, seed=3)
+    common = dict(images=str(refs), model=str(tiny_model), progress=False, checkpoint_every=0)
+    paper = train(
+        TrainConfig(**common, out=str(root / "paper"), steps=2), DreamDistributionConfig(num_prompts=4, num_tokens=2)
+    )
+    mixture = train(TrainConfig(**common, out=str(root / "mixture"), steps=3), MIXTURE)
+    return {"paper": paper, "mixture": mixture, "refs": refs, "common": common, "root": root}
+
+
+def sampler(backbone, run, **kw):
+    config = GenerateConfig(out="x", artifacts=[str(run)], **kw)
+    return prompt_sampler(backbone, [load_artifact(run)], config), config
+
+
+def test_gaussian_sampler_follows_the_paper(runs, backbone):
+    art = load_artifact(runs["paper"])
+    hidden = artifact_features(backbone, art, "", "", 0)  # (K, L, d)
+    mean, std = hidden.mean(0), hidden.std(0)
+    sample, _ = sampler(backbone, runs["paper"], sampler="gaussian", gamma=1.5)
+    for index in range(3):
+        features, info = sample(index, torch.Generator().manual_seed(index))
+        omega = torch.randn(mean.shape, generator=torch.Generator().manual_seed(index))
+        assert torch.allclose(features, mean + 1.5 * omega * std, atol=1e-6)
+        assert info["sampler"] == "gaussian"
+
+
+def test_mixture_sampler_at_gamma_zero_reproduces_the_k_prompts(runs, backbone):
+    art = load_artifact(runs["paper"])  # no weights saved: equal weights
+    hidden = artifact_features(backbone, art, "", "", 0)  # (K, L, d)
+    sample, _ = sampler(backbone, runs["paper"], sampler="mixture", gamma=0.0)
+    seen = set()
+    for index in range(8):
+        features, info = sample(index, torch.Generator().manual_seed(index))
+        k = info["component"]
+        assert torch.equal(features, hidden[k])
+        seen.add(k)
+    assert seen == {0, 1, 2, 3}  # 8 consecutive seeds: each of the K = 4 prompts twice
+    noisy, _ = sampler(backbone, runs["paper"], sampler="mixture", gamma=1.0)
+    features, info = noisy(0, torch.Generator().manual_seed(0))
+    assert not torch.equal(features, hidden[info["component"]])
+
+
+def test_mixture_objective_saves_owner_weights_and_resumes_exactly(runs, tiny_model):
+    art = load_artifact(runs["mixture"])
+    weights = art.tensors["weights"]  # (C=1, K=4)
+    assert weights.shape == (1, 4) and weights.sum().item() == pytest.approx(1.0)
+    assert (weights * 6).round().eq(weights * 6).all()  # shares of 6 reference images
+    root, common = runs["root"], runs["common"]
+    stopped = root / "stopped"
+    train(TrainConfig(**{**common, "checkpoint_every": 1}, out=str(stopped), steps=2), MIXTURE)
+    train(TrainConfig(**{**common, "checkpoint_every": 1}, out=str(stopped), steps=3, resume=True), MIXTURE)
+    resumed = load_artifact(stopped)
+    assert torch.equal(resumed.tensors["vectors"], art.tensors["vectors"])
+    assert torch.equal(resumed.tensors["weights"], weights)
+
+
+def test_samplers_differ_and_are_named_in_the_manifest(runs, tmp_path):
+    from dreamdist.generation import generate
+
+    rows = {}
+    for name in ("gaussian", "mixture"):
+        config = GenerateConfig(
+            out=str(tmp_path / name), artifacts=[str(runs["mixture"])], sampler=name, num_images=2,
+            num_inference_steps=2, progress=False,
+        )  # fmt: skip
+        rows[name] = (tmp_path / name / "manifest.jsonl").read_text() if generate(config) else ""
+    assert '"sampler": "mixture"' in rows["mixture"] and '"component"' in rows["mixture"]
+    assert '"sampler": "gaussian"' in rows["gaussian"]
+    with pytest.raises(ValueError, match="sampler"):
+        GenerateConfig(out="x", artifacts=["a"], sampler="uniform")
+    with pytest.raises(ValueError, match="objective"):
+        DreamDistributionConfig(objective="em")
