@@ -5,20 +5,23 @@ from __future__ import annotations
 import json
 
 from dreamdist.cli import main
-from dreamdist.toyworld.demo import GAMMAS
+from dreamdist.toyworld.demo import GAMMAS, PAPER
 
 
 def test_quick_demo_runs_and_reports(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--quick"]) == 0
     result = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert result["concept"] == "cool-patterned"
-    assert set(result["reports"]) == {f"{g:g}" for g in GAMMAS}
+    assert set(result["reports"]) == {f"gamma {g:g}" for g in GAMMAS} | {PAPER}
     for report in result["reports"].values():
         assert report["num_images"] > 0
         assert 0.0 <= report["fidelity"] <= 1.0 and 0.0 <= report["coverage"] <= 1.0
         assert 0.0 <= report["novelty"] <= report["fidelity"]
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
-    assert "oracle report" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "oracle report" in printed and "verdict: " in printed and result["verdict"] in printed
+    for report in result["reports"].values():
+        assert set(report["tv"]) == {"colour", "shape", "background", "joint"}
 
 
 def test_toy_refs_command_writes_a_reference_folder(tmp_path, capsys):

@@ -46,9 +46,10 @@ def register(subparsers) -> None:
     """Add ``demo`` and ``toy-refs`` to an argparse sub-parser group."""
     demo = subparsers.add_parser(
         "demo",
-        help="offline demo in the built-in toy world (about 2.5 minutes on 2 CPU cores)",
+        help="offline demo in the built-in toy world (about 3 minutes on 2 CPU cores)",
         description="Render toy reference images, learn a prompt distribution on the built-in toy model, "
-        "generate at gamma 0, 1, 2 and score each set with the oracle (report.json, demo.png).",
+        "generate at several gamma and with the paper's Gaussian sampler, score each set with the oracle and "
+        "print a faithful-and-diverse verdict (report.json, demo.png).",
     )
     add_demo_arguments(demo)
     demo.set_defaults(func=cmd_demo)

@@ -3,9 +3,11 @@
     dreamdist demo --out out/demo [--quick]      (or python -m dreamdist.toyworld.demo ...)
 
 Steps: render a reference set of a concept that no short caption names; train DreamDistribution
-on the built-in toy model; generate at gamma = 0, 1, 2; run the oracle report (fidelity,
-coverage, novelty) on each set; save ``report.json`` and ``demo.png`` (references | samples |
-bar chart). About 2.5 minutes on 2 CPU cores; ``quick=True`` is a reduced run for CI.
+(its defaults) on the built-in toy model; generate at several gamma with the default sampler and,
+for contrast, with the paper's Gaussian sampler; run the oracle report (fidelity, coverage,
+novelty, attribute distributions) on each set; print one verdict line; save ``report.json`` and
+``demo.png`` (references | samples per setting, then the attribute histograms of references vs
+samples). About 3 minutes on 2 CPU cores; ``quick=True`` is a reduced run for CI.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from dreamdist.toyworld.attributes import ATTRIBUTES
 from dreamdist.toyworld.concepts import ReferenceSet, get_concept, render_concept
 from dreamdist.toyworld.oracle import load_oracle
-from dreamdist.toyworld.report import ConceptReport, concept_report
+from dreamdist.toyworld.report import ConceptReport, concept_report, histogram, predict_attributes
 from dreamdist.toyworld.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
-GAMMAS = (0.0, 1.0, 2.0)
+GAMMAS = (0.0, 0.5, 1.0)  # with the default sampler
+PAPER = "paper gaussian"  # the paper's sampler at gamma 1, for contrast
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class DemoSettings:
 
 
 FULL = DemoSettings(
-    num_references=12, train_steps=300, learning_rate=1e-3, num_prompts=32, num_images=48, inference_steps=DEFAULT_STEPS
+    num_references=12, train_steps=300, learning_rate=1e-3, num_prompts=32, num_images=32, inference_steps=DEFAULT_STEPS
 )
 QUICK = DemoSettings(
     num_references=6, train_steps=8, learning_rate=1e-3, num_prompts=4, num_images=4, inference_steps=4
@@ -63,11 +67,11 @@ def _train(refs: ReferenceSet, run_dir: Path, settings: DemoSettings, seed: int)
         seed=seed,
         checkpoint_every=0,
     )
-    method = DreamDistributionConfig(num_prompts=settings.num_prompts, num_tokens=4)
+    method = DreamDistributionConfig(num_prompts=settings.num_prompts)
     return Path(train(config, method))
 
 
-def _generate(run_dir: Path, out: Path, gamma: float, settings: DemoSettings, seed: int, backbone):
+def _generate(run_dir: Path, out: Path, gamma: float, settings: DemoSettings, seed: int, backbone, **sampler):
     """Images sampled from the learned distribution at one gamma (list of PIL images)."""
     from dreamdist.api import GenerateConfig, generate
 
@@ -76,6 +80,7 @@ def _generate(run_dir: Path, out: Path, gamma: float, settings: DemoSettings, se
         out=str(out),
         num_images=settings.num_images,
         gamma=gamma,
+        **sampler,
         seed=seed,
         guidance_scale=DEFAULT_GUIDANCE,
         num_inference_steps=settings.inference_steps,
@@ -94,46 +99,75 @@ def _tile(images: list[Image.Image], columns: int, side: int = 32) -> Image.Imag
     return grid
 
 
-def save_figure(refs: ReferenceSet, samples: dict[float, list], reports: dict[float, ConceptReport], path: Path):
-    """references | samples per gamma | bar chart of fidelity, coverage and novelty per gamma."""
+def save_figure(
+    refs: ReferenceSet, samples: dict[str, list], reports: dict[str, ConceptReport], triples: dict, path: Path
+) -> None:
+    """Top: references | samples per setting. Bottom: per attribute, references vs samples histograms."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 2 + len(samples)
-    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.6))
-    axes[0].imshow(_tile([Image.open(p) for p in refs.paths], columns=4))
-    axes[0].set_title(f"references ({refs.concept.name})", fontsize=9)
-    for ax, (gamma, images) in zip(axes[1:], samples.items()):
+    panels = 1 + len(samples)
+    fig = plt.figure(figsize=(2.9 * panels, 6.4))
+    grid = fig.add_gridspec(2, panels * 3, height_ratios=[1.15, 1])
+    top = [fig.add_subplot(grid[0, 3 * i : 3 * i + 3]) for i in range(panels)]
+    top[0].imshow(_tile([Image.open(p) for p in refs.paths], columns=4))
+    top[0].set_title(f"references ({refs.concept.name})", fontsize=9)
+    for ax, (name, images) in zip(top[1:], samples.items()):
         ax.imshow(_tile(images[:36], columns=6))
-        ax.set_title(f"samples, gamma = {gamma:g}", fontsize=9)
-    for ax in axes[:-1]:
+        rep = reports[name]
+        ax.set_title(
+            f"{name}\nfid {rep.fidelity:.2f}  cov {rep.coverage:.2f}  TV {rep.attribute_tv_mean:.2f}", fontsize=8
+        )
+    for ax in top:
         ax.axis("off")
-    metrics = ("fidelity", "coverage", "novelty")
-    width = 0.8 / len(reports)
-    for j, (gamma, rep) in enumerate(reports.items()):
-        values = [getattr(rep, m) for m in metrics]
-        axes[-1].bar([i + j * width for i in range(len(metrics))], values, width, label=f"gamma {gamma:g}")
-    axes[-1].set_xticks([i + width * (len(reports) - 1) / 2 for i in range(len(metrics))], metrics)
-    axes[-1].set(ylim=(0, 1.05), title="oracle report")
-    axes[-1].legend(fontsize=7)
+    shown = {"references": refs.combos.tolist(), **{k: triples[k] for k in (_main_name(), PAPER) if k in triples}}
+    width = panels * 3 // len(ATTRIBUTES)
+    for i, (attribute, values) in enumerate(ATTRIBUTES.items()):
+        ax = fig.add_subplot(grid[1, i * width : (i + 1) * width])
+        bar = 0.8 / len(shown)
+        for j, (name, rows) in enumerate(shown.items()):
+            shares = histogram(rows, i)
+            heights = [shares.get(v, 0.0) for v in range(len(values))]
+            ax.bar([x + j * bar for x in range(len(values))], heights, bar, label=name)
+        ax.set_xticks([x + bar * (len(shown) - 1) / 2 for x in range(len(values))], values, fontsize=7, rotation=30)
+        ax.set_title(f"{attribute}: share of images", fontsize=9)
+        ax.set_ylim(0, 1)
+        if i == 0:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _main_name() -> str:
+    """The set the verdict is about: the default sampler at gamma 0.5."""
+    return "gamma 0.5"
+
+
+def verdict(report: ConceptReport) -> str:
+    """One line: are the samples faithful (fidelity), diverse (coverage) and distributed like the references?"""
+    faithful, diverse = report.fidelity >= 0.8, report.coverage >= 0.8 and report.attribute_tv_mean <= 0.2
+    word = {(True, True): "FAITHFUL AND DIVERSE", (True, False): "faithful, NOT diverse enough",
+            (False, True): "diverse, NOT faithful enough", (False, False): "neither faithful nor diverse"}  # fmt: skip
+    return (
+        f"verdict: {word[faithful, diverse]} (fidelity {report.fidelity:.2f} >= 0.80?, coverage "
+        f"{report.coverage:.2f} >= 0.80?, attribute TV {report.attribute_tv_mean:.2f} <= 0.20?)"
+    )
+
+
 def run_demo(out_dir: str | Path, quick: bool = False, concept: str = "cool-patterned", seed: int = 0) -> dict:
-    """Run the whole demo into ``out_dir``; returns the report per gamma plus paths and timings.
+    """Run the whole demo into ``out_dir``; returns the report per setting plus paths and timings.
 
     Args:
-        out_dir: folder for references/, run/, samples_gamma*/, report.json and demo.png.
+        out_dir: folder for references/, run/, samples_*/, report.json and demo.png.
         quick: reduced sizes (a few training steps and images) for CI smoke tests.
         concept: a built-in concept name (see ``dreamdist.toyworld.concepts.CONCEPTS``).
         seed: seeds references, training and sampling.
 
     Returns:
-        {"concept", "reports": {gamma: report dict}, "figure", "run_dir", "seconds"}.
+        {"concept", "reports": {setting: report dict}, "verdict", "figure", "run_dir", "seconds"}.
     """
     from dreamdist.backbone import Backbone
 
@@ -145,21 +179,31 @@ def run_demo(out_dir: str | Path, quick: bool = False, concept: str = "cool-patt
     refs = render_concept(get_concept(concept), out / "references", n=settings.num_references, seed=seed)
     print(f"[2/4] training DreamDistribution ({settings.train_steps} steps)", flush=True)
     run_dir = _train(refs, out / "run", settings, seed)
-    print(f"[3/4] generating {settings.num_images} images at gamma {', '.join(f'{g:g}' for g in GAMMAS)}", flush=True)
+    print(
+        f"[3/4] generating {settings.num_images} images at gamma {', '.join(f'{g:g}' for g in GAMMAS)} "
+        "and with the paper's Gaussian sampler",
+        flush=True,
+    )
     backbone = Backbone.from_pretrained("toy", "cpu", "fp32")
     oracle = load_oracle()
-    samples, reports = {}, {}
-    for gamma in GAMMAS:
-        samples[gamma] = _generate(run_dir, out / f"samples_gamma{gamma:g}", gamma, settings, seed, backbone)
-        reports[gamma] = concept_report(refs.concept, samples[gamma], refs.combos, oracle)
+    plan = {f"gamma {g:g}": (g, {}) for g in GAMMAS} | {PAPER: (1.0, {"sampler": "gaussian"})}
+    samples, reports, triples = {}, {}, {}
+    for name, (gamma, sampler) in plan.items():
+        folder = out / ("samples_" + name.replace(" ", "_"))
+        samples[name] = _generate(run_dir, folder, gamma, settings, seed, backbone, **sampler)
+        triples[name] = predict_attributes(samples[name], oracle).tolist()
+        reports[name] = concept_report(refs.concept, samples[name], refs.combos, oracle)
     print("[4/4] oracle report", flush=True)
-    for gamma, rep in reports.items():
-        print(f"  gamma {gamma:g}: {rep.summary()}", flush=True)
+    for name, rep in reports.items():
+        print(f"  {name}: {rep.summary()}", flush=True)
+    line = verdict(reports[_main_name()])
+    print(line, flush=True)
     figure = out / "demo.png"
-    save_figure(refs, samples, reports, figure)
+    save_figure(refs, samples, reports, triples, figure)
     result = {
         "concept": concept,
-        "reports": {f"{g:g}": r.to_dict() for g, r in reports.items()},
+        "reports": {name: r.to_dict() for name, r in reports.items()},
+        "verdict": line,
         "figure": str(figure),
         "run_dir": str(run_dir),
         "seconds": round(time.time() - start, 1),
