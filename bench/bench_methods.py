@@ -65,7 +65,7 @@ def run_variant(name: str, scale: str, steps: int, batch: int) -> dict:
         if stage is not None:
             method.begin_step(0 if stage == 1 else method.config.stage1_steps, method.config.stage1_steps + 1)
         optimizer.zero_grad(set_to_none=True)
-        total, _, _ = method_loss(backbone, method, latents, labels, generator)
+        total, _, _ = method_loss(backbone, method, latents, labels, generator, torch.arange(batch))
         total.backward()
         optimizer.step()
         method.after_step()

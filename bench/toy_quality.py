@@ -94,7 +94,11 @@ def ablation_variants() -> dict[str, Variant]:
     }
     for name, options in knobs.items():
         out[f"mixture-obj/{name}"] = Variant(f"mixture objective, {name}", dd, {**MIX, **options})
-    for name, train in {"steps=150": {"steps": 150}, "steps=600": {"steps": 600}, "lr=3e-3": {"learning_rate": 3e-3}}:
+    for name, train in {
+        "steps=150": {"steps": 150},
+        "steps=600": {"steps": 600},
+        "lr=3e-3": {"learning_rate": 3e-3},
+    }.items():
         out[f"mixture-obj/{name}"] = Variant(f"mixture objective, {name}", dd, dict(MIX), train=train)
     return out
 

@@ -51,12 +51,12 @@ def test_each_image_is_independent_of_batch_size(runs, tmp_path):
     assert np.abs(one[0] - one[1]).max() > 10  # and different seeds give different images
 
 
-def test_gamma_zero_samples_the_mean_prompt(runs, backbone):
+def test_gaussian_gamma_zero_samples_the_mean_prompt(runs, backbone):
     from dreamdist.methods.dreamdistribution import prompt_sampler
 
     art = load_artifact(runs["a"])
-    g0 = prompt_sampler(backbone, [art], GenerateConfig(out="x", artifacts=["a"], gamma=0.0))
-    g2 = prompt_sampler(backbone, [art], GenerateConfig(out="x", artifacts=["a"], gamma=2.0))
+    g0 = prompt_sampler(backbone, [art], GenerateConfig(out="x", artifacts=["a"], gamma=0.0, sampler="gaussian"))
+    g2 = prompt_sampler(backbone, [art], GenerateConfig(out="x", artifacts=["a"], gamma=2.0, sampler="gaussian"))
     e0 = [g0(i, torch.Generator().manual_seed(i))[0] for i in range(2)]
     e2 = [g2(i, torch.Generator().manual_seed(i))[0] for i in range(2)]
     assert torch.equal(e0[0], e0[1]) and not torch.equal(e2[0], e2[1])

@@ -79,7 +79,8 @@ def runs(tmp_path_factory, tiny_model):
     refs = write_images(root / "refs", 6, seed=3)
     common = dict(images=str(refs), model=str(tiny_model), progress=False, checkpoint_every=0)
     paper = train(
-        TrainConfig(**common, out=str(root / "paper"), steps=2), DreamDistributionConfig(num_prompts=4, num_tokens=2)
+        TrainConfig(**common, out=str(root / "paper"), steps=2),
+        DreamDistributionConfig(num_prompts=4, num_tokens=2, objective="gaussian"),
     )
     mixture = train(TrainConfig(**common, out=str(root / "mixture"), steps=3), MIXTURE)
     return {"paper": paper, "mixture": mixture, "refs": refs, "common": common, "root": root}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -47,8 +48,9 @@ def test_trains_only_the_prompt_vectors_and_writes_artifact(refs, tiny_model, tm
     assert [p.name for p in list_checkpoints(out)] == ["step-0000004"]  # pruned to keep=1
 
 
-def test_k_prompts_are_encoded_once_per_step(refs, backbone):
-    method = DreamDistribution(SMALL)
+@pytest.mark.parametrize("objective", ["gaussian", "mixture"])
+def test_k_prompts_are_encoded_once_per_step(refs, backbone, objective):
+    method = DreamDistribution(dataclasses.replace(SMALL, objective=objective))
     from dreamdist.data import ReferenceSet
 
     method.setup(backbone, ReferenceSet.from_folder(refs, 32), torch.Generator().manual_seed(0))
@@ -60,7 +62,8 @@ def test_k_prompts_are_encoded_once_per_step(refs, backbone):
         handle_kw = backbone.text_encoder.encoder.register_forward_pre_hook(
             lambda m, args, kwargs: calls.append(kwargs["inputs_embeds"].shape), with_kwargs=True
         )
-        cond = method.condition(backbone, torch.zeros(4, dtype=torch.long), torch.Generator().manual_seed(1))
+        labels, indices = torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 2, 0])
+        cond = method.condition(backbone, labels, torch.Generator().manual_seed(1), indices)
     finally:
         handle.remove()
         handle_kw.remove()

@@ -100,7 +100,7 @@ class GenerateConfig:
         metadata=help_("multi-class artifacts: which class to sample (default: all, round robin)"),
     )
     sampler: str = field(
-        default="gaussian",
+        default="mixture",
         metadata=help_(
             "DreamDistribution sampler: 'gaussian' (paper: mu + gamma*omega*sigma) or 'mixture' (pick one of the "
             "K learned prompts by its weight, add gamma*omega*sigma)"
