@@ -149,3 +149,34 @@ def test_samplers_differ_and_are_named_in_the_manifest(runs, tmp_path):
         GenerateConfig(out="x", artifacts=["a"], sampler="uniform")
     with pytest.raises(ValueError, match="objective"):
         DreamDistributionConfig(objective="em")
+
+
+def _gather_worker(rank: int, world: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    from dreamdist.methods.dreamdistribution import all_ranks
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        queue.put((rank, all_ranks(torch.tensor([rank * 10, rank * 10 + 1])).tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_owner_updates_are_shared_by_every_process():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    procs = [context.Process(target=_gather_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=60)
+    assert results == {0: [0, 1, 10, 11], 1: [0, 1, 10, 11]}

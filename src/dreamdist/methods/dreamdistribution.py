@@ -92,6 +92,17 @@ class DreamDistributionConfig:
             raise ValueError("--train-gamma must be >= 0 and --assign-smoothing in [0, 1]")
 
 
+def all_ranks(values: torch.Tensor) -> torch.Tensor:
+    """(B,) per process -> (P*B,) concatenated over the P data-parallel processes (itself when P = 1)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    parts = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, values.contiguous())
+    return torch.cat(parts)
+
+
 def class_suffix(class_name: str | None, suffix: str) -> str:
     """Multi-class prompts read '[V] <class name>.' followed by any user suffix."""
     return " ".join(part for part in (f"{class_name}." if class_name else "", suffix) if part)
@@ -178,7 +189,8 @@ class DreamDistribution:
 
             def combine(losses: torch.Tensor) -> torch.Tensor:
                 loss, winner = winner_take_all(losses, cfg.assign_smoothing)  # winner (B,) in 0..S-1
-                self.owners[indices] = pick.gather(0, winner.cpu()[None])[0]  # the best candidate owns it
+                best = pick.gather(0, winner.cpu()[None])[0]  # (B,) the best candidate owns the image
+                self.owners[all_ranks(indices.cpu())] = all_ranks(best)  # every process keeps the same owners
                 return loss
 
         return Conditioning(
