@@ -29,11 +29,7 @@ def test_interrupted_training_resumes_exactly(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     shipped = load_file(straight.parent / "straight" / "unet" / "diffusion_pytorch_model.safetensors")
     assert (straight / "model_index.json").is_file() and (split / "model_index.json").is_file()
-    original = load_file(
-        __import__("dreamdist.toyworld", fromlist=["model_dir"]).model_dir()
-        / "unet"
-        / "diffusion_pytorch_model.safetensors"
-    )
+    original = load_file(model_dir() / "unet" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(shipped[k], original[k]) for k in original)  # it trained
 
 
