@@ -21,7 +21,7 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
@@ -37,8 +37,16 @@ class Variant:
     train: dict = field(default_factory=dict)  # TrainConfig overrides (steps, learning_rate)
 
     def run_key(self) -> str:
-        """Trained runs are shared by variants that differ only in sampling."""
-        parts = [self.method or "caption"] + [f"{k}={v}" for k, v in sorted({**self.options, **self.train}.items())]
+        """Trained runs are shared by variants that differ only in sampling (options equal to the
+        method's defaults are left out, so spelling a default out does not train again)."""
+        options = dict(self.options)
+        if self.method is not None:
+            from dreamdist.methods import get_method
+
+            config_cls = get_method(self.method).config
+            defaults = {f.name: f.default for f in fields(config_cls)}
+            options = {k: v for k, v in options.items() if defaults.get(k) != v}
+        parts = [self.method or "caption"] + [f"{k}={v}" for k, v in sorted({**options, **self.train}.items())]
         return "_".join(parts).replace("/", "-").replace(" ", "")
 
 
@@ -73,7 +81,7 @@ def ablation_variants() -> dict[str, Variant]:
     out = {}
     for objective in ("gaussian", "mixture"):
         for sampler in ("gaussian", "mixture"):
-            for gamma in (0.0, 0.5, 1.0, 2.0):
+            for gamma in (0.0, 1.0, 2.0):
                 out[f"{objective}-obj/{sampler}/g{gamma}"] = Variant(
                     f"objective {objective}, sampler {sampler}, gamma {gamma}",
                     dd,
@@ -126,7 +134,9 @@ def score(variant: Variant, concept, refs, folder: Path, args, backbone, oracle)
     from dreamdist.api import GenerateConfig, generate
     from dreamdist.toyworld.report import concept_report
 
-    key = variant.run_key() + "__" + "_".join(f"{k}={v}" for k, v in sorted(variant.sampling.items()))
+    defaults = {f.name: f.default for f in fields(GenerateConfig)}
+    sampling = {k: v for k, v in variant.sampling.items() if defaults.get(k) != v}  # defaults left out of the key
+    key = variant.run_key() + "__" + "_".join(f"{k}={v}" for k, v in sorted(sampling.items()))
     cached = folder / "reports" / f"{key.replace('/', '-').replace(' ', '')}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
