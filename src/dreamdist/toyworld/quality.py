@@ -19,8 +19,13 @@ def generate_for_combos(
     num_inference_steps: int = DEFAULT_STEPS,
     guidance_scale: float = DEFAULT_GUIDANCE,
     batch_size: int = 50,
+    every_template: bool = True,
 ) -> torch.Tensor:
-    """One image per combo, prompted "a <colour> <shape> on a <background> background".
+    """One image per combo, captioned with its three attributes.
+
+    Image ``i`` uses caption template ``i`` (cycling through every template with a background,
+    ``captions.TEMPLATES_WITH_BACKGROUND``), or template 0 ("a <colour> <shape> on a <background>
+    background") for all with ``every_template=False``.
 
     Args:
         pipe: a toy-world ``StableDiffusionPipeline``.
@@ -32,7 +37,9 @@ def generate_for_combos(
     Returns:
         Float (N, 3, H, W) in [0, 1].
     """
-    prompts = [make_caption(*combo_names(tuple(c))) for c in combos.tolist()]
+    prompts = [
+        make_caption(*combo_names(tuple(c)), template=i if every_template else 0) for i, c in enumerate(combos.tolist())
+    ]
     device = pipe.unet.device
     out = []
     for i in range(0, len(prompts), batch_size):
