@@ -43,6 +43,7 @@ from dreamdist.toyworld.quality import oracle_accuracy
 from dreamdist.toyworld.render import render
 from dreamdist.toyworld.sampling import GENERATION_DEFAULTS, sampling_scheduler
 from dreamdist.toyworld.train_vae import train_vae
+from dreamdist.training.loop import stop_on_signals
 
 DEFAULT_OUT = Path(__file__).parent / "assets" / "toy-sd"
 
@@ -299,33 +300,38 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
         (out / "training_config.json").write_text(json.dumps({**config, "final": final, **row}, indent=1))
 
-    while time.time() - start < cfg.unet_minutes * 60 and (cfg.max_steps is None or step < cfg.max_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        pixels, captions = training_batch(cfg, step)
-        models = (vae, tokenizer, text_encoder, unet, scheduler)
-        loss = denoising_loss(*models, pixels, captions, generator, cfg.min_snr_gamma)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        decay = cfg.ema_decay if cfg.init_from else min(cfg.ema_decay, (1 + step) / (10 + step))
-        ema_update(ema_unet, unet, decay)
-        ema_update(ema_text, text_encoder, decay)
-        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
-        if step % 50 == 0:
-            minutes = (time.time() - start) / 60
-            loss_rows.append({"step": step, "minutes": round(minutes, 3), "loss": round(smooth, 5)})
-            print(
-                f"step {step:6d}  loss {smooth:.4f}  lr {learning_rate(cfg, step):.2e}  {minutes:6.1f} min", flush=True
-            )
-        step += 1
-        if time.time() - last_save > cfg.checkpoint_every * 60:
-            checkpoint()
-            last_save = time.time()
-        if time.time() - last_eval > cfg.eval_every * 60:
-            evaluate_and_save()
-            last_eval = time.time()
+    with stop_on_signals() as stop:
+        while time.time() - start < cfg.unet_minutes * 60 and (cfg.max_steps is None or step < cfg.max_steps):
+            if stop["signal"] is not None:  # SIGINT/SIGTERM: save and finish; --resume continues
+                print(f"stopped by signal {stop['signal']} at step {step}; saving", flush=True)
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            pixels, captions = training_batch(cfg, step)
+            models = (vae, tokenizer, text_encoder, unet, scheduler)
+            loss = denoising_loss(*models, pixels, captions, generator, cfg.min_snr_gamma)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            decay = cfg.ema_decay if cfg.init_from else min(cfg.ema_decay, (1 + step) / (10 + step))
+            ema_update(ema_unet, unet, decay)
+            ema_update(ema_text, text_encoder, decay)
+            smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+            if step % 50 == 0:
+                minutes = (time.time() - start) / 60
+                loss_rows.append({"step": step, "minutes": round(minutes, 3), "loss": round(smooth, 5)})
+                print(
+                    f"step {step:6d}  loss {smooth:.4f}  lr {learning_rate(cfg, step):.2e}  {minutes:6.1f} min",
+                    flush=True,
+                )
+            step += 1
+            if time.time() - last_save > cfg.checkpoint_every * 60:
+                checkpoint()
+                last_save = time.time()
+            if time.time() - last_eval > cfg.eval_every * 60:
+                evaluate_and_save()
+                last_eval = time.time()
     checkpoint()
     evaluate_and_save(final=True)
     shutil.rmtree(tokenizer_files, ignore_errors=True)
