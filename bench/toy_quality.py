@@ -10,6 +10,7 @@ attribute and of the joint triple. Cells are mean +- std over seeds of the mean 
     python bench/toy_quality.py --quick          # 2 concepts, 1 seed, short training: a smoke run
     python bench/toy_quality.py --ablation       # DreamDistribution objectives x samplers x knobs
     python bench/toy_quality.py --variants dd,dd-paper --concepts circles,mix-four --seeds 0,1,2
+    python bench/toy_quality.py --product "rgp:red,green,purple:circle,cross:*" --variants dd,ti  # your own concept
 
 Trained runs and generated sets are cached under --out (a rerun skips what exists), so an
 interrupted benchmark continues. Writes ``table.md``, ``results.json`` and ``quality.png``.
@@ -223,6 +224,24 @@ def plot(table: dict, labels: dict[str, str], path: Path) -> None:
     plt.close(fig)
 
 
+def parse_product(spec: str):
+    """ "NAME:COLOURS:SHAPES:BACKGROUNDS" (comma lists, * = every value) -> a product ``Concept``."""
+    from dreamdist.toyworld.attributes import BACKGROUNDS, COLOURS, SHAPES
+    from dreamdist.toyworld.concepts import product_concept
+
+    parts = spec.split(":")
+    if len(parts) != 4:
+        raise ValueError(
+            f"--product wants NAME:COLOURS:SHAPES:BACKGROUNDS, e.g. 'rgp:red,green:circle:*'; got {spec!r}"
+        )
+    name, *lists = parts
+    values = [
+        tuple(every) if text == "*" else tuple(text.split(","))
+        for text, every in zip(lists, (COLOURS, SHAPES, BACKGROUNDS))
+    ]
+    return product_concept(name, f"custom product concept {spec}", *values)
+
+
 def main(argv: list[str] | None = None) -> None:
     from dreamdist.backbone import Backbone
     from dreamdist.toyworld.concepts import CONCEPTS, get_concept, render_concept
@@ -230,6 +249,12 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concepts", default=",".join(CONCEPTS), help="comma-separated concept names")
+    parser.add_argument(
+        "--product",
+        action="append",
+        default=[],
+        help="a concept of your own, NAME:COLOURS:SHAPES:BACKGROUNDS (repeatable)",
+    )
     parser.add_argument("--variants", default=",".join(MAIN), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--ablation", action="store_true", help="DreamDistribution ablation variants instead")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (references, training, sampling)")
@@ -252,13 +277,16 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(catalogue)}")
     root = Path(args.out)
+    custom = {c.name: c for c in map(parse_product, args.product)}
+    concept_names = list(custom) if custom and args.concepts == ",".join(CONCEPTS) else args.concepts.split(",")
+    concept_names += [n for n in custom if n not in concept_names]
     backbone, oracle = Backbone.from_pretrained("toy"), load_oracle()
     results: dict = {}
     start = time.time()
     for seed in (int(s) for s in args.seeds.split(",")):
         args.seed_now = seed
-        for concept_name in args.concepts.split(","):
-            concept = get_concept(concept_name)
+        for concept_name in concept_names:
+            concept = custom.get(concept_name) or get_concept(concept_name)
             folder = root / f"seed{seed}" / concept_name
             refs = render_concept(concept, folder / "refs", n=args.references, seed=seed)
             for name in names:
@@ -268,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     labels = {name: catalogue[name].label for name in names}
     table = aggregate(results, names)
     title = (
-        f"{len(args.concepts.split(','))} concepts x seeds {args.seeds}; {args.references} references, "
+        f"{len(concept_names)} concepts x seeds {args.seeds}; {args.references} references, "
         f"{args.steps} training steps, {args.images} images per set; mean ± std over seeds of the concept mean"
     )
     text = markdown(table, labels, title)
