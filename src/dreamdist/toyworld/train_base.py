@@ -173,6 +173,10 @@ def save_pipeline(components: dict, out: Path, tokenizer_files: Path | None = No
     shutil.rmtree(tmp, ignore_errors=True)
     pipe = assemble_pipeline(**components)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    for config in tmp.glob("*/config.json"):  # a warm start's source path is not part of the model
+        values = json.loads(config.read_text())
+        if values.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
     for name in ("vocab.json", "merges.txt"):
         if tokenizer_files is not None and (tokenizer_files / name).is_file():
             shutil.copy(tokenizer_files / name, tmp / "tokenizer" / name)
