@@ -8,6 +8,7 @@ import torch
 from dreamdist.artifact import load_artifact
 from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.methods.dreamdistribution import (
+    NOISE_OF_GAUSSIAN_RUNS,
     DreamDistributionConfig,
     artifact_features,
     prompt_sampler,
@@ -114,9 +115,12 @@ def test_mixture_sampler_at_gamma_zero_reproduces_the_k_prompts(runs, backbone):
         assert torch.equal(features, hidden[k])
         seen.add(k)
     assert seen == {0, 1, 2, 3}  # 8 consecutive seeds: each of the K = 4 prompts twice
-    noisy, _ = sampler(backbone, runs["paper"], sampler="mixture", gamma=1.0)
-    features, info = noisy(0, torch.Generator().manual_seed(0))
-    assert not torch.equal(features, hidden[info["component"]])
+    noisy, _ = sampler(backbone, runs["paper"], sampler="mixture", gamma=2.0)
+    features, info = noisy(5, torch.Generator().manual_seed(5))
+    omega = torch.randn(hidden.shape[1:], generator=torch.Generator().manual_seed(5))
+    # noise = gamma * t * omega * sigma, t = 0.5 for a run trained with the Gaussian objective
+    expected = hidden[info["component"]] + 2.0 * NOISE_OF_GAUSSIAN_RUNS * omega * hidden.std(0)
+    assert torch.allclose(features, expected, atol=1e-5)
 
 
 def test_mixture_objective_saves_owner_weights_and_resumes_exactly(runs, tiny_model):

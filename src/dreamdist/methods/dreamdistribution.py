@@ -13,7 +13,9 @@ Two training objectives and two samplers (METHODS.md §8), named choices:
 - sampler ``gaussian`` (the paper): ``mu + gamma * omega * sigma`` (weighted by the components'
   weights when the artifact has them);
 - sampler ``mixture``: the component at ``spread(image seed)`` of the weights' CDF (consecutive
-  seeds visit the components in proportion, not by chance), then ``c_k + gamma * omega * sigma``.
+  seeds visit the components in proportion, not by chance), then ``c_k + gamma * t * omega * sigma``
+  with ``t`` the run's ``train_gamma`` (``NOISE_OF_GAUSSIAN_RUNS`` for runs trained the paper's
+  way): at gamma = 1 each prompt gets the noise it was trained with.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from dreamdist.prompt_distribution import (
 )
 
 OBJECTIVES = ("gaussian", "mixture")
+NOISE_OF_GAUSSIAN_RUNS = 0.5  # mixture sampler on a run trained with the Gaussian objective: sigma scale at gamma 1
 SAMPLERS = ("gaussian", "mixture")
 
 
@@ -305,10 +308,19 @@ def _gaussian(backbone: Backbone, artifacts: list[Artifact], edits, config: Gene
     return [(name, draw(mean, std)) for name, (mean, std) in stats]
 
 
-def _mixture(backbone: Backbone, artifacts: list[Artifact], edits, config: GenerateConfig, chosen):
-    """[(name, draw)] for the mixture sampler: component k by the weights, ``c_k + gamma * omega * sigma``.
+def training_noise(artifact: Artifact) -> float:
+    """The sigma scale each prompt of a run was trained with (mixture objective: ``train_gamma``)."""
+    trained = artifact.meta["method_config"]
+    if trained.get("objective", "gaussian") == "mixture":
+        return float(trained["train_gamma"])
+    return NOISE_OF_GAUSSIAN_RUNS
 
-    sigma is the (weighted) std of the component's own artifact. Mixing several artifacts is a
+
+def _mixture(backbone: Backbone, artifacts: list[Artifact], edits, config: GenerateConfig, chosen):
+    """[(name, draw)] for the mixture sampler: component k by the weights, ``c_k + gamma * t * omega * sigma``.
+
+    sigma is the (weighted) std of the component's own artifact, t the noise scale it was trained
+    with (``training_noise``). Mixing several artifacts is a
     mixture of their mixtures: component weights times alpha_i.
     """
     if len(artifacts) == 1:
@@ -323,7 +335,7 @@ def _mixture(backbone: Backbone, artifacts: list[Artifact], edits, config: Gener
             features = artifact_features(backbone, artifact, *edit, c)  # (K_i, L, d)
             w = artifact_weights(artifact, c)  # (K_i,)
             hidden.append(features)
-            stds.append(gaussian_stats(features, w)[1].expand_as(features))
+            stds.append(training_noise(artifact) * gaussian_stats(features, w)[1].expand_as(features))
             weights.append(alpha * w / w.sum())
         hidden, stds, weights = torch.cat(hidden), torch.cat(stds), torch.cat(weights)  # (sum K, ...)
 
