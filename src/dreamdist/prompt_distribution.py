@@ -178,7 +178,11 @@ def mix_stats(
 
 
 class PromptDistribution(nn.Module):
-    """Learnable token embeddings ``V`` of shape (C, K, M, d_tok): C concepts x K prompts x M tokens."""
+    """Learnable token embeddings ``V`` of shape (C, K, M, d_tok): C concepts x K prompts x M tokens.
+
+    With ``shared=True`` each prompt is ``shared_c + V_k``: a part common to a concept's K prompts
+    (trained by every image of the concept) plus each prompt's own part (zeros / the usual init).
+    """
 
     def __init__(
         self,
@@ -188,6 +192,7 @@ class PromptDistribution(nn.Module):
         token_dim: int,
         init_std: float = 0.02,
         generator: torch.Generator | None = None,
+        shared: bool = False,
     ):
         super().__init__()
         if num_prompts < 2:
@@ -196,6 +201,8 @@ class PromptDistribution(nn.Module):
             raise ValueError("num_tokens (M) must be >= 1")
         init = torch.randn(num_classes, num_prompts, num_tokens, token_dim, generator=generator) * init_std
         self.vectors = nn.Parameter(init)  # (C, K, M, d_tok), always fp32
+        # (C, 1, M, d_tok) part common to the K prompts of a concept, or None
+        self.shared = nn.Parameter(torch.zeros(num_classes, 1, num_tokens, token_dim)) if shared else None
 
     @property
     def num_prompts(self) -> int:
@@ -207,14 +214,20 @@ class PromptDistribution(nn.Module):
 
     def forward(self, class_ids: torch.Tensor) -> torch.Tensor:
         """(C',) class ids -> their prompts' vectors, (C', K, M, d_tok). (A forward for DDP.)"""
-        return self.vectors[class_ids]
+        if self.shared is None:
+            return self.vectors[class_ids]
+        return self.vectors[class_ids] + self.shared[class_ids]
+
+    def prompts(self) -> torch.Tensor:
+        """Every concept's K prompts as token embeddings, (C, K, M, d_tok) (shared part added)."""
+        return self.vectors if self.shared is None else self.vectors + self.shared
 
     @torch.no_grad()
     def fit(self, backbone: Backbone, templates: list[PromptTemplate]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode every class's K prompts with its template; return mean and std, each (C, L, d)."""
         means, stds = [], []
         for c, template in enumerate(templates):
-            hidden, _ = encode_prompts(backbone, self.vectors[c].to(backbone.device), template)  # (K, L, d)
+            hidden, _ = encode_prompts(backbone, self.prompts()[c].to(backbone.device), template)  # (K, L, d)
             mean, std = gaussian_stats(hidden.float())
             means.append(mean)
             stds.append(std)

@@ -76,6 +76,13 @@ class DreamDistributionConfig:
     train_gamma: float = field(
         default=0.5, metadata=help_("mixture objective: noise scale around each candidate prompt (x its std over K)")
     )
+    own_lr_scale: float = field(
+        default=5.0,
+        metadata=help_(
+            "mixture objective: each prompt is a part shared by the K prompts (trained by every image, at the "
+            "learning rate) plus its own part, trained at this multiple of the learning rate"
+        ),
+    )
     assign_smoothing: float = field(
         default=0.1, metadata=help_("mixture objective: loss share spread over the losing candidates (0 = hard)")
     )
@@ -91,8 +98,8 @@ class DreamDistributionConfig:
             raise ValueError("--ortho-weight must be >= 0")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
-        if self.train_gamma < 0 or not 0 <= self.assign_smoothing <= 1:
-            raise ValueError("--train-gamma must be >= 0 and --assign-smoothing in [0, 1]")
+        if self.train_gamma < 0 or not 0 <= self.assign_smoothing <= 1 or self.own_lr_scale <= 0:
+            raise ValueError("--train-gamma must be >= 0, --assign-smoothing in [0, 1], --own-lr-scale > 0")
 
 
 def all_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -137,6 +144,7 @@ class DreamDistribution:
             backbone.token_embedding.weight.shape[1],
             cfg.init_std,
             generator,
+            shared=cfg.objective == "mixture",
         ).to(backbone.device)
         self.templates = [
             PromptTemplate.build(
@@ -154,6 +162,13 @@ class DreamDistribution:
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.prompts]
+
+    def param_groups(self, learning_rate: float) -> list[dict]:
+        """Mixture objective: the shared part at the learning rate, each prompt's own part faster."""
+        if self.prompts.shared is None:
+            return [{"params": [self.prompts.vectors]}]
+        own = {"params": [self.prompts.vectors], "lr": learning_rate * self.config.own_lr_scale}
+        return [{"params": [self.prompts.shared], "lr": learning_rate}, own]
 
     def condition(
         self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator, indices: torch.Tensor | None = None
@@ -226,16 +241,19 @@ class DreamDistribution:
         state = {"vectors": self.prompts.vectors.detach().float().cpu()}
         if self.config.objective == "mixture":
             state["owners"] = self.owners.clone()
+            state["shared"] = self.prompts.shared.detach().float().cpu()
         return state
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             self.prompts.vectors.copy_(tensors["vectors"])
+            if "shared" in tensors:
+                self.prompts.shared.copy_(tensors["shared"])
         if "owners" in tensors:
             self.owners = tensors["owners"].long().clone()
 
     def artifact(self, backbone: Backbone) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {"vectors": self.prompts.vectors.detach().float().cpu()}
+        tensors = {"vectors": self.prompts.prompts().detach().float().cpu()}  # (C, K, M, d_tok), shared part added
         if self.config.objective == "mixture":
             tensors["weights"] = self.component_weights()  # (C, K)
         return tensors, {
