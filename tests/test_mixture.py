@@ -184,3 +184,25 @@ def test_owner_updates_are_shared_by_every_process():
     for proc in procs:
         proc.join(timeout=60)
     assert results == {0: [0, 1, 10, 11], 1: [0, 1, 10, 11]}
+
+
+def test_shared_part_and_learning_rates(backbone, tmp_path):
+    from dreamdist.data import ReferenceSet
+    from dreamdist.methods.dreamdistribution import DreamDistribution
+    from dreamdist.prompt_distribution import PromptDistribution
+
+    dist = PromptDistribution(2, 3, 2, 8, shared=True)
+    with torch.no_grad():
+        dist.shared.fill_(1.0)
+    assert torch.equal(dist.prompts(), dist.vectors + 1.0)
+    assert torch.equal(dist(torch.tensor([1])), dist.vectors[1:] + 1.0)
+    assert PromptDistribution(1, 2, 2, 8).shared is None  # the paper's objective: no shared part
+    method = DreamDistribution(DreamDistributionConfig(num_prompts=4, num_tokens=2, own_lr_scale=5.0))
+    refs = write_images(tmp_path / "refs", 3, seed=1)
+    method.setup(backbone, ReferenceSet.from_folder(refs, 32), torch.Generator().manual_seed(0))
+    groups = method.param_groups(1e-3)
+    assert groups[0]["params"][0] is method.prompts.shared and groups[0]["lr"] == 1e-3
+    assert groups[1]["params"][0] is method.prompts.vectors and groups[1]["lr"] == pytest.approx(5e-3)
+    paper = DreamDistribution(DreamDistributionConfig(num_prompts=4, num_tokens=2, objective="gaussian"))
+    paper.setup(backbone, ReferenceSet.from_folder(refs, 32), torch.Generator().manual_seed(0))
+    assert paper.prompts.shared is None and "lr" not in paper.param_groups(1e-3)[0]
