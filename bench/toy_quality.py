@@ -47,7 +47,9 @@ class Variant:
             config_cls = get_method(self.method).config
             defaults = {f.name: f.default for f in fields(config_cls)}
             options = {k: v for k, v in options.items() if defaults.get(k) != v}
-        parts = [self.method or f"{self.caption}-caption"] + [f"{k}={v}" for k, v in sorted({**options, **self.train}.items())]
+        parts = [self.method or f"{self.caption}-caption"] + [
+            f"{k}={v}" for k, v in sorted({**options, **self.train}.items())
+        ]
         return "_".join(parts).replace("/", "-").replace(" ", "")
 
 
