@@ -53,6 +53,17 @@ class Variant:
         return "_".join(parts).replace("/", "-").replace(" ", "")
 
 
+def non_default(config_cls: type, options: dict) -> dict:
+    """The options whose values differ from the dataclass ``config_cls``'s defaults."""
+    defaults = {f.name: f.default for f in fields(config_cls)}
+    return {k: v for k, v in options.items() if defaults.get(k) != v}
+
+
+def slug(key: str) -> str:
+    """A cache key usable as a file name."""
+    return key.replace("/", "-").replace(" ", "")
+
+
 MIX = {"objective": "mixture"}
 VARIANTS = {
     "dd": Variant("DreamDistribution (defaults)", "dreamdistribution"),
@@ -137,14 +148,13 @@ def score(variant: Variant, concept, refs, folder: Path, args, backbone, oracle)
     from dreamdist.api import GenerateConfig, generate
     from dreamdist.toyworld.report import concept_report
 
-    defaults = {f.name: f.default for f in fields(GenerateConfig)}
-    sampling = {k: v for k, v in variant.sampling.items() if defaults.get(k) != v}  # defaults left out of the key
-    key = variant.run_key() + "__" + "_".join(f"{k}={v}" for k, v in sorted(sampling.items()))
-    cached = folder / "reports" / f"{key.replace('/', '-').replace(' ', '')}.json"
+    sampling = non_default(GenerateConfig, variant.sampling)  # defaults left out of the key
+    key = slug(variant.run_key() + "__" + "_".join(f"{k}={v}" for k, v in sorted(sampling.items())))
+    cached = folder / "reports" / f"{key}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     gen = dict(num_images=args.images, seed=args.seed_now, batch_size=16, progress=False, **variant.sampling)
-    out = folder / "generated" / key.replace("/", "-").replace(" ", "")
+    out = folder / "generated" / key
     if variant.method is None:
         text = concept.short_caption if variant.caption == "short" else concept.long_caption
         if text is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+SAMPLERS = ("gaussian", "mixture")  # DreamDistribution samplers (docs/sampling.md)
+
 
 def help_(text: str, **extra) -> dict:
     """Field metadata carrying help text (and optional CLI extras such as ``short``)."""
@@ -102,8 +104,8 @@ class GenerateConfig:
     sampler: str = field(
         default="mixture",
         metadata=help_(
-            "DreamDistribution sampler: 'gaussian' (paper: mu + gamma*omega*sigma) or 'mixture' (pick one of the "
-            "K learned prompts by its weight, add gamma*omega*sigma)"
+            "DreamDistribution sampler: 'gaussian' (paper: mu + gamma*omega*sigma) or 'mixture' (one of the K "
+            "learned prompts by its weight, plus gamma times the noise it was trained with)"
         ),
     )
     gamma: float = field(
@@ -153,7 +155,7 @@ class GenerateConfig:
             prompt_set(self.prompt_set)  # raises with the known names
             if self.prompt:
                 raise ValueError("give --prompt or --prompt-set, not both")
-        if self.sampler not in ("gaussian", "mixture"):
-            raise ValueError(f"--sampler must be 'gaussian' or 'mixture'; got {self.sampler!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
         if self.mix_rule not in ("paper", "public-code"):
             raise ValueError(f"--mix-rule must be 'paper' or 'public-code'; got {self.mix_rule!r}")

@@ -45,7 +45,6 @@ from dreamdist.prompt_distribution import (
 
 OBJECTIVES = ("gaussian", "mixture")
 NOISE_OF_GAUSSIAN_RUNS = 0.5  # mixture sampler on a run trained with the Gaussian objective: sigma scale at gamma 1
-SAMPLERS = ("gaussian", "mixture")
 
 
 @dataclass
@@ -378,7 +377,7 @@ def prompt_sampler(backbone: Backbone, artifacts: list[Artifact], config: Genera
     if len(artifacts) == 1 and config.class_name is not None and config.class_name not in names:
         raise ValueError(f"--class-name {config.class_name!r} is not in this artifact; classes: {names}")
     chosen = [names.index(config.class_name)] if config.class_name is not None else range(len(names))
-    build = {"gaussian": _gaussian, "mixture": _mixture}[config.sampler]
+    build = {"gaussian": _gaussian, "mixture": _mixture}[config.sampler]  # keys: config.SAMPLERS
     draws = build(backbone, artifacts, edits, config, chosen)
 
     def sample(index: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:

@@ -24,11 +24,20 @@ from PIL import Image
 from dreamdist.toyworld.attributes import ATTRIBUTES
 from dreamdist.toyworld.concepts import ReferenceSet, get_concept, render_concept
 from dreamdist.toyworld.oracle import load_oracle
-from dreamdist.toyworld.report import ConceptReport, concept_report, histogram, predict_attributes
+from dreamdist.toyworld.report import (
+    COVERAGE_BAR,
+    FIDELITY_BAR,
+    TV_BAR,
+    ConceptReport,
+    concept_report,
+    histogram,
+    predict_attributes,
+)
 from dreamdist.toyworld.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 GAMMAS = (0.0, 0.5, 1.0)  # with the default sampler
 PAPER = "paper gaussian"  # the paper's sampler at gamma 1, for contrast
+MAIN = "gamma 0.5"  # the set the verdict is about: the default sampler at gamma 0.5
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,7 @@ def save_figure(
         )
     for ax in top:
         ax.axis("off")
-    shown = {"references": refs.combos.tolist(), **{k: triples[k] for k in (_main_name(), PAPER) if k in triples}}
+    shown = {"references": refs.combos.tolist(), **{k: triples[k] for k in (MAIN, PAPER) if k in triples}}
     width = panels * 3 // len(ATTRIBUTES)
     for i, (attribute, values) in enumerate(ATTRIBUTES.items()):
         ax = fig.add_subplot(grid[1, i * width : (i + 1) * width])
@@ -141,19 +150,14 @@ def save_figure(
     plt.close(fig)
 
 
-def _main_name() -> str:
-    """The set the verdict is about: the default sampler at gamma 0.5."""
-    return "gamma 0.5"
-
-
 def verdict(report: ConceptReport) -> str:
     """One line: are the samples faithful (fidelity), diverse (coverage) and distributed like the references?"""
-    faithful, diverse = report.fidelity >= 0.8, report.coverage >= 0.8 and report.attribute_tv_mean <= 0.2
+    faithful, diverse = report.faithful(), report.diverse()
     word = {(True, True): "FAITHFUL AND DIVERSE", (True, False): "faithful, NOT diverse enough",
             (False, True): "diverse, NOT faithful enough", (False, False): "neither faithful nor diverse"}  # fmt: skip
     return (
-        f"verdict: {word[faithful, diverse]} (fidelity {report.fidelity:.2f} >= 0.80?, coverage "
-        f"{report.coverage:.2f} >= 0.80?, attribute TV {report.attribute_tv_mean:.2f} <= 0.20?)"
+        f"verdict: {word[faithful, diverse]} (fidelity {report.fidelity:.2f} >= {FIDELITY_BAR:.2f}?, coverage "
+        f"{report.coverage:.2f} >= {COVERAGE_BAR:.2f}?, attribute TV {report.attribute_tv_mean:.2f} <= {TV_BAR:.2f}?)"
     )
 
 
@@ -196,7 +200,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, concept: str = "cool-patt
     print("[4/4] oracle report", flush=True)
     for name, rep in reports.items():
         print(f"  {name}: {rep.summary()}", flush=True)
-    line = verdict(reports[_main_name()])
+    line = verdict(reports[MAIN])
     print(line, flush=True)
     figure = out / "demo.png"
     save_figure(refs, samples, reports, triples, figure)

@@ -26,6 +26,8 @@ from dreamdist.toyworld.concepts import Concept
 from dreamdist.toyworld.oracle import Oracle, images_to_tensor, load_oracle
 
 Triples = torch.Tensor | Iterable[Iterable[int]]
+# the "faithful and diverse" verdict: fidelity >= 0.8, coverage >= 0.8, attribute TV <= 0.2
+FIDELITY_BAR, COVERAGE_BAR, TV_BAR = 0.8, 0.8, 0.2
 
 
 def as_combos(triples: Triples) -> list[Combo]:
@@ -139,9 +141,17 @@ class ConceptReport:
         """Mean total variation over the three attributes (the issue's "attribute TV")."""
         return sum(self.tv[name] for name in ATTRIBUTES) / len(ATTRIBUTES)
 
-    def faithful_and_diverse(self, fidelity: float = 0.8, coverage: float = 0.8, tv: float = 0.2) -> bool:
-        """Whether the set is faithful (fidelity), diverse (coverage) and distributed like the references (TV)."""
-        return self.fidelity >= fidelity and self.coverage >= coverage and self.attribute_tv_mean <= tv
+    def faithful(self, fidelity: float = FIDELITY_BAR) -> bool:
+        """Whether enough images lie inside the concept."""
+        return self.fidelity >= fidelity
+
+    def diverse(self, coverage: float = COVERAGE_BAR, tv: float = TV_BAR) -> bool:
+        """Whether the references' combinations appear (coverage) in about their shares (attribute TV)."""
+        return self.coverage >= coverage and self.attribute_tv_mean <= tv
+
+    def faithful_and_diverse(self) -> bool:
+        """Both, at the bars ``FIDELITY_BAR``, ``COVERAGE_BAR`` and ``TV_BAR``."""
+        return self.faithful() and self.diverse()
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-ready)."""
