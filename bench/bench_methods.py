@@ -23,10 +23,14 @@ from _common import SIZES, run_isolated, time_steps
 VARIANTS = {
     "dreamdistribution": ("dreamdistribution", {}, None),
     "textual-inversion": ("textual-inversion", {"init_word": "toy"}, None),
-    "dreambooth": ("dreambooth", {"class_noun": "dog"}, None),
-    "dreambooth+prior": ("dreambooth", {"class_noun": "dog", "prior_preservation": True, "class_images": 4}, None),
-    "dreambooth+text": ("dreambooth", {"class_noun": "dog", "train_text_encoder": True}, None),
-    "dreambooth-lora": ("dreambooth", {"class_noun": "dog", "lora": True}, None),
+    "dreambooth": ("dreambooth", {"class_noun": "dog", "prior_preservation": False}, None),
+    "dreambooth+prior": ("dreambooth", {"class_noun": "dog", "class_images": 4}, None),
+    "dreambooth+text": (
+        "dreambooth",
+        {"class_noun": "dog", "train_text_encoder": True, "prior_preservation": False},
+        None,
+    ),
+    "dreambooth-lora": ("dreambooth", {"class_noun": "dog", "lora": True, "prior_preservation": False}, None),
     "custom-diffusion": ("custom-diffusion", {"class_noun": "dog", "init_word": "toy"}, None),
     "two-stage/stage1": ("two-stage", {"class_noun": "dog", "init_word": "red", "stage1_steps": 1}, 1),
     "two-stage/stage2": ("two-stage", {"class_noun": "dog", "init_word": "red", "stage1_steps": 1}, 2),

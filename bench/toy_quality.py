@@ -75,7 +75,10 @@ VARIANTS = {
     ),
     "ti": Variant("Textual Inversion", "textual-inversion", {"init_word": "shape"}, {"prompt": "{}"}),
     "dreambooth-lora": Variant(
-        "DreamBooth-LoRA", "dreambooth", {"class_noun": "shape", "lora": True, "rank": 8}, {"prompt": "{}"}
+        "DreamBooth-LoRA",
+        "dreambooth",
+        {"class_noun": "shape", "lora": True, "rank": 8, "prior_preservation": False},
+        {"prompt": "{}"},
     ),
     "custom-diffusion": Variant(
         "Custom Diffusion", "custom-diffusion", {"class_noun": "shape", "init_word": "shape"}, {"prompt": "{}"}

@@ -68,7 +68,7 @@ CASES = {
     ),
     "dreambooth-lora": Case(
         "dreambooth",
-        DreamBoothConfig(class_noun="dog", lora=True, rank=2, train_text_encoder=True),
+        DreamBoothConfig(class_noun="dog", lora=True, rank=2, train_text_encoder=True, prior_preservation=False),
         adds=("lora_",),
         train={"sample_every": 2},
     ),
@@ -339,10 +339,13 @@ def test_textual_inversion_rejects_bad_tokens(backbone, refs):
 def test_cli_trains_dreambooth_lora_with_prior_from_its_flags(refs, tiny_model, tmp_path):
     run = tmp_path / "run"
     common = ["--images", str(refs), "--model", str(tiny_model), "--steps", "1", "--batch-size", "1", "--no-progress"]
-    flags = ["--class-noun", "dog", "--lora", "--rank", "2", "--prior-preservation", "--class-images", "1"]
+    flags = ["--class-noun", "dog", "--lora", "--rank", "2", "--class-images", "1"]  # prior preservation: default
     code = main(["train", "--method", "dreambooth", "--out", str(run), *common, *flags, "--class-inference-steps", "1"])
     assert code == 0 and (run / "pytorch_lora_weights.safetensors").is_file()
     assert (run / "class_images" / "00000.png").is_file()
+    no_prior = tmp_path / "no-prior"
+    assert main(["train", "--method", "dreambooth", "--out", str(no_prior), *common, *flags, "--no-prior"]) == 0
+    assert not (no_prior / "class_images").exists()
     with pytest.raises(SystemExit):  # --class-noun is required
         main(["train", "--method", "dreambooth", "--out", str(tmp_path / "x"), *common])
 

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dreamdist import __version__
+from dreamdist.atomic import atomic_write_json, fsync_dir, temporary_path
 
 ARTIFACT_NAME = "dreamdist.safetensors"
 FORMAT = "dreamdist"
@@ -57,11 +58,16 @@ def file_sha256(path: Path) -> str:
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    tmp = temporary_path(path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def save_artifact(folder: str | Path, method: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
@@ -80,7 +86,7 @@ def save_artifact(folder: str | Path, method: str, tensors: dict[str, torch.Tens
     }
     path = folder / ARTIFACT_NAME
     atomic_save_safetensors(tensors, path, {"dreamdist": json.dumps(full)})
-    (folder / "artifact.json").write_text(json.dumps(full, indent=2) + "\n")
+    atomic_write_json(folder / "artifact.json", full)
     return path
 
 

@@ -37,13 +37,17 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
         text = f.metadata.get("help", "")
+        names = [_flag(f.name), *f.metadata.get("aliases", ())]
         if kind is bool:
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=text)
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif typing.get_origin(kind) is list:
-            parser.add_argument(_flag(f.name), nargs="+", type=args[0], default=default, help=text)
+            parser.add_argument(*names, nargs="+", type=args[0], default=default, help=text)
         else:
             suffix = "" if required or default is None else f" (default: {default})"
-            parser.add_argument(_flag(f.name), type=kind, default=default, required=required, help=text + suffix)
+            choices = f.metadata.get("choices")
+            parser.add_argument(
+                *names, type=kind, default=default, required=required, choices=choices, help=text + suffix
+            )
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides):
@@ -59,6 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dreamdist.training.loop import train
 
     method_config_cls = get_method(args.method)[0]
+    if args.model == "toy":
+        print("using the built-in toy model (pass --model to train a Stable Diffusion checkpoint)", file=sys.stderr)
     out = train(from_args(TrainConfig, args), from_args(method_config_cls, args))
     print(f"done: artifact in {out}/dreamdist.safetensors")
     print(f"next: dreamdist generate {out} --num-images 16 --out {out}/samples")
@@ -142,7 +148,13 @@ def build_parser(method: str | None = "dreamdistribution") -> argparse.ArgumentP
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (skipped files, resumes)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="learn from a folder of reference images")
+    train = sub.add_parser(
+        "train",
+        help="learn from a folder of reference images",
+        description="Learn from a folder of reference images. Each method has its own flags: "
+        "'dreamdist train --method NAME --help' lists them (see 'dreamdist methods' for the names). "
+        "Without --model, the built-in toy model is used.",
+    )
     add_dataclass_args(train, TrainConfig)
     if method is not None:
         from dreamdist.methods import get_method
@@ -180,7 +192,13 @@ def build_parser(method: str | None = "dreamdistribution") -> argparse.ArgumentP
 def _extensions() -> list[Callable]:
     """Sub-command groups contributed by other modules (evaluation, toy world)."""
     found = []
-    for module in ("dreamdist.evaluation.cli", "dreamdist.toyworld.cli"):
+    for module in (
+        "dreamdist.evaluation.cli",
+        "dreamdist.toyworld.cli",
+        "dreamdist.classify.cli",
+        "dreamdist.studio.cli",
+        "dreamdist.study.cli",
+    ):
         try:
             found.append(__import__(module, fromlist=["register"]).register)
         except ImportError as exc:

@@ -10,6 +10,11 @@ import math
 from dataclasses import dataclass, field
 
 SAMPLERS = ("gaussian", "mixture")  # DreamDistribution samplers (docs/sampling.md)
+PRECISIONS = ("no", "fp16", "bf16")
+DTYPES = ("fp32", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "cosine", "linear")
+SCHEDULER_NAMES = ("ddim", "dpm", "euler", "euler-a", "pndm", "ddpm", "unipc")  # generation.SCHEDULERS' keys
+MIX_RULES = ("paper", "public-code")
 
 
 def help_(text: str, **extra) -> dict:
@@ -31,7 +36,14 @@ class TrainConfig:
     steps: int | None = field(
         default=None, metadata=help_("optimizer steps (default: the method's, 1500 for DreamDistribution)")
     )
-    learning_rate: float | None = field(default=None, metadata=help_("constant learning rate (default: the method's)"))
+    learning_rate: float | None = field(default=None, metadata=help_("peak learning rate (default: the method's)"))
+    lr_scheduler: str = field(
+        default="constant", metadata=help_("learning-rate schedule after warm-up", choices=LR_SCHEDULERS)
+    )
+    lr_warmup_steps: int = field(default=0, metadata=help_("linear warm-up steps from 0 to --learning-rate"))
+    max_grad_norm: float | None = field(
+        default=None, metadata=help_("clip the gradient norm of the trainables to this value (default: no clipping)")
+    )
     batch_size: int = field(default=4, metadata=help_("images per step"))
     gradient_accumulation: int = field(default=1, metadata=help_("micro-batches accumulated per optimizer step"))
     resolution: int | None = field(default=None, metadata=help_("training image side in pixels (default: the model's)"))
@@ -40,13 +52,21 @@ class TrainConfig:
         default=False, metadata=help_("one prompt set per sub-folder; prompts '[V] <class name>.'")
     )
     seed: int = field(default=0, metadata=help_("seed of every random draw of the run"))
-    mixed_precision: str = field(
-        default="no", metadata=help_("'no', 'fp16' or 'bf16' (autocast; trainables stay fp32)")
+    mixed_precision: str | None = field(
+        default=None,
+        metadata=help_(
+            "autocast precision; trainables stay fp32, fp16 uses loss scaling "
+            "(default: what 'accelerate config' / 'accelerate launch' set, else no)",
+            choices=PRECISIONS,
+        ),
     )
     dtype: str | None = field(
-        default=None, metadata=help_("frozen weights dtype fp32/fp16/bf16 (default fp32 on CPU, fp16 on GPU)")
+        default=None,
+        metadata=help_("frozen weights dtype (default: the --mixed-precision dtype, else fp32)", choices=DTYPES),
     )
-    device: str | None = field(default=None, metadata=help_("cuda, cpu, mps (default: best available)"))
+    device: str | None = field(
+        default=None, metadata=help_("cpu, cuda or mps (default: the best available; 'cpu' forces the CPU)")
+    )
     gradient_checkpointing: bool = field(
         default=False, metadata=help_("trade compute for memory in UNet and text encoder")
     )
@@ -56,7 +76,15 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata=help_("how many recent checkpoints to keep"))
     sample_every: int = field(default=0, metadata=help_("save a sample grid to the run folder every N steps (0: off)"))
     tensorboard: bool = field(default=False, metadata=help_("log losses to <out>/logs for TensorBoard"))
+    validation_prompt: str | None = field(
+        default=None,
+        metadata=help_("prompt of the --sample-every grids ({} = the learned concept; default: the method's own)"),
+    )
     resume: bool = field(default=False, metadata=help_("continue from the newest checkpoint in --out"))
+    resume_from: str | None = field(
+        default=None,
+        metadata=help_("continue from 'latest' (the newest checkpoint in --out) or a checkpoint folder PATH"),
+    )
     max_nonfinite: int = field(default=5, metadata=help_("abort after this many consecutive non-finite losses"))
     allow_pickle: bool = field(
         default=False, metadata=help_("allow pickle (.bin/.pt) weights, loaded with weights_only=True")
@@ -68,8 +96,23 @@ class TrainConfig:
             raise ValueError("--batch-size and --gradient-accumulation must be >= 1")
         if self.steps is not None and self.steps < 1:
             raise ValueError("--steps must be >= 1")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
+        if self.mixed_precision is not None and self.mixed_precision not in PRECISIONS:
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16; got {self.mixed_precision!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be fp32, fp16 or bf16; got {self.dtype!r}")
+        if self.dtype == "fp16" and self.mixed_precision != "fp16":
+            raise ValueError(
+                "--dtype fp16 trains without loss scaling unless --mixed-precision fp16 is set too "
+                "(fp16 gradients underflow); add --mixed-precision fp16, or use bf16"
+            )
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}; got {self.lr_scheduler!r}")
+        if self.lr_warmup_steps < 0:
+            raise ValueError("--lr-warmup-steps must be >= 0")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError("--max-grad-norm must be > 0")
+        if self.resume_from is not None:
+            self.resume = True
         if self.keep_checkpoints < 1:
             raise ValueError("--keep-checkpoints must be >= 1 (the newest checkpoint is what --resume needs)")
         if self.checkpoint_every < 0 or self.sample_every < 0:
@@ -105,14 +148,16 @@ class GenerateConfig:
         default="mixture",
         metadata=help_(
             "DreamDistribution sampler: 'gaussian' (paper: mu + gamma*omega*sigma) or 'mixture' (one of the K "
-            "learned prompts by its weight, plus gamma times the noise it was trained with)"
+            "learned prompts by its weight, plus gamma times the noise it was trained with)",
+            choices=SAMPLERS,
         ),
     )
     gamma: float = field(
         default=1.0, metadata=help_("diversity: scale of the std (0 = the mean prompt, or the K prompts themselves)")
     )
     mix_rule: str = field(
-        default="paper", metadata=help_("std composition: 'paper' (sum sqrt(a) sigma) or 'public-code'")
+        default="paper",
+        metadata=help_("std composition: 'paper' (sum sqrt(a) sigma) or 'public-code'", choices=MIX_RULES),
     )
     guidance_scale: float | None = field(
         default=None, metadata=help_("classifier-free guidance (default 7.5; the toy model's own default)")
@@ -120,14 +165,16 @@ class GenerateConfig:
     num_inference_steps: int | None = field(default=None, metadata=help_("denoising steps (default 50; toy 25)"))
     scheduler: str | None = field(
         default=None,
-        metadata=help_("sampler: ddim, dpm, euler, euler-a, pndm, ddpm (default: the checkpoint's)"),
+        metadata=help_("denoising scheduler (default: the checkpoint's)", choices=SCHEDULER_NAMES),
     )
     negative_prompt: str = field(default="", metadata=help_("negative prompt for classifier-free guidance"))
     height: int | None = field(default=None, metadata=help_("image height (default: the model's)"))
     width: int | None = field(default=None, metadata=help_("image width (default: the model's)"))
     batch_size: int = field(default=4, metadata=help_("images per pipeline call (results do not depend on it)"))
     seed: int = field(default=0, metadata=help_("image i uses seed + i"))
-    dtype: str | None = field(default=None, metadata=help_("fp32/fp16/bf16 (default fp32 on CPU, fp16 on GPU)"))
+    dtype: str | None = field(
+        default=None, metadata=help_("weights dtype (default fp32 on CPU, fp16 on GPU)", choices=DTYPES)
+    )
     device: str | None = field(default=None, metadata=help_("cuda, cpu, mps (default: best available)"))
     allow_pickle: bool = field(
         default=False, metadata=help_("allow pickle (.bin/.pt) files, loaded with weights_only=True")
@@ -157,5 +204,5 @@ class GenerateConfig:
                 raise ValueError("give --prompt or --prompt-set, not both")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
-        if self.mix_rule not in ("paper", "public-code"):
+        if self.mix_rule not in MIX_RULES:
             raise ValueError(f"--mix-rule must be 'paper' or 'public-code'; got {self.mix_rule!r}")

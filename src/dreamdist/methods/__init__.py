@@ -60,21 +60,27 @@ PromptSampler = Callable[[int, torch.Generator], tuple[torch.Tensor, dict]]
 class Method(Protocol):
     """The small protocol every method implements (composition, not a base class).
 
-    Optional hooks the loop calls when a method defines them:
-
-    - ``param_groups(learning_rate) -> list[dict]``: optimizer groups (e.g. one learning rate per
-      stage); default: one group of ``trainable_modules()``' parameters that require grad.
-    - ``begin_step(step, total_steps)``: before each step (e.g. switch stages; may raise on a
-      bad plan at step 0).
-    - ``checkpoint_steps``: extra steps after which a checkpoint is written (e.g. a stage's end).
-    - ``stage``: recorded in checkpoint metadata.
-    - ``export(backbone, folder) -> dict``: write diffusers-format files beside the artifact;
-      the returned dict is merged into the artifact metadata.
+    Methods subclass it explicitly to inherit the defaults of its optional hooks (``param_groups``,
+    ``begin_step``, ``checkpoint_steps``, ``stage``, ``export``, ``after_step``); the loop calls
+    every hook unconditionally.
     """
 
     name: str
     default_steps: int
     default_learning_rate: float
+    checkpoint_steps: tuple[int, ...] | set[int] = ()  # extra steps after which a checkpoint is written
+    stage: int | None = None  # recorded in checkpoint metadata (multi-stage methods)
+
+    def param_groups(self, learning_rate: float) -> list[dict] | None:
+        """Optimizer groups (e.g. one learning rate per stage); None: one group of the trainables."""
+        return None
+
+    def begin_step(self, step: int, total_steps: int) -> None:
+        """Before each step (e.g. switch stages; may raise on a bad plan at step 0)."""
+
+    def export(self, backbone: Backbone, folder: Path) -> dict[str, Any]:
+        """Write diffusers-format files beside the artifact; the dict is merged into its metadata."""
+        return {}
 
     def setup(
         self, backbone: Backbone, data: ReferenceSet, generator: torch.Generator, run_dir: Path | None = None
@@ -98,6 +104,7 @@ class Method(Protocol):
 
     def after_step(self) -> None:
         """Called after each optimizer step (e.g. restore untouched embedding rows)."""
+        return None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Trainable state for checkpoints (safetensors-compatible)."""

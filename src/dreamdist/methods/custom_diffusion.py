@@ -14,7 +14,7 @@ from dreamdist.artifact import Artifact
 from dreamdist.backbone import Backbone
 from dreamdist.config import help_
 from dreamdist.data import ReferenceSet
-from dreamdist.methods import Conditioning, PriorBatch
+from dreamdist.methods import Conditioning, Method, PriorBatch
 from dreamdist.methods.finetune import load_state, named_trainables, state_of
 from dreamdist.methods.prior import ClassPrior, prior_from_config
 from dreamdist.methods.tokens import PlaceholderTokens, install_tokens, save_learned_embeds
@@ -111,7 +111,7 @@ def load_custom_diffusion(pipe, folder: str | Path, weight_name: str = WEIGHTS_F
     install_processors(pipe.unet, load_file(str(Path(folder) / weight_name)))
 
 
-class CustomDiffusion:
+class CustomDiffusion(Method):
     """K/V of every cross-attention layer + one modifier token; everything else frozen."""
 
     name = "custom-diffusion"

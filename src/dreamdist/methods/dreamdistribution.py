@@ -29,7 +29,7 @@ from dreamdist.artifact import Artifact
 from dreamdist.backbone import Backbone
 from dreamdist.config import GenerateConfig, help_
 from dreamdist.data import ReferenceSet
-from dreamdist.methods import Conditioning
+from dreamdist.methods import Conditioning, Method
 from dreamdist.prompt_distribution import (
     PromptDistribution,
     PromptTemplate,
@@ -117,7 +117,7 @@ def class_suffix(class_name: str | None, suffix: str) -> str:
     return " ".join(part for part in (f"{class_name}." if class_name else "", suffix) if part)
 
 
-class DreamDistribution:
+class DreamDistribution(Method):
     """K soft prompts per concept; the UNet sees samples of their CLIP features (Gaussian or mixture)."""
 
     name = "dreamdistribution"
@@ -233,9 +233,6 @@ class DreamDistribution:
         weights.index_put_((self.labels, self.owners), torch.ones(len(self.owners)), accumulate=True)
         return weights / weights.sum(dim=1, keepdim=True).clamp_min(1)
 
-    def after_step(self) -> None:
-        pass
-
     def state_tensors(self) -> dict[str, torch.Tensor]:
         state = {"vectors": self.prompts.vectors.detach().float().cpu()}
         if self.config.objective == "mixture":
@@ -306,13 +303,25 @@ def _edit_text(artifact: Artifact, config: GenerateConfig) -> tuple[str, str]:
     return prefix, suffix
 
 
+def mix_class(artifact: Artifact, class_name: str | None) -> int:
+    """The class row of an artifact in a mix: ``--class-name`` in a multi-class artifact, else its only class."""
+    if not artifact.meta.get("multiclass"):
+        return 0
+    names = artifact.meta["class_names"]
+    if class_name is None:
+        raise ValueError(f"{artifact.path} holds {len(names)} classes {names}; pick the one to mix with --class-name")
+    if class_name not in names:
+        raise ValueError(f"--class-name {class_name!r} is not in {artifact.path}; classes: {names}")
+    return names.index(class_name)
+
+
 def _gaussian(backbone: Backbone, artifacts: list[Artifact], edits, config: GenerateConfig, chosen):
     """[(name, draw)] for the paper's sampler: ``mu + gamma * omega * sigma`` (mixing: paper eq. 7)."""
     if len(artifacts) == 1:
         names = artifacts[0].meta["class_names"]
         stats = [(names[c], artifact_stats(backbone, artifacts[0], *edits[0], c)) for c in chosen]
     else:
-        parts = [artifact_stats(backbone, a, *e, 0) for a, e in zip(artifacts, edits)]
+        parts = [artifact_stats(backbone, a, *e, mix_class(a, config.class_name)) for a, e in zip(artifacts, edits)]
         stats = [("mix", mix_stats(parts, list(config.weights), config.mix_rule))]
 
     def draw(mean: torch.Tensor, std: torch.Tensor):
@@ -344,7 +353,9 @@ def _mixture(backbone: Backbone, artifacts: list[Artifact], edits, config: Gener
         names = artifacts[0].meta["class_names"]
         groups = [(names[c], [(artifacts[0], edits[0], c, 1.0)]) for c in chosen]
     else:
-        groups = [("mix", [(a, e, 0, w) for a, e, w in zip(artifacts, edits, config.weights)])]
+        groups = [
+            ("mix", [(a, e, mix_class(a, config.class_name), w) for a, e, w in zip(artifacts, edits, config.weights)])
+        ]
 
     def draw(parts):
         hidden, stds, weights = [], [], []
@@ -376,7 +387,8 @@ def prompt_sampler(backbone: Backbone, artifacts: list[Artifact], config: Genera
     names = artifacts[0].meta["class_names"]
     if len(artifacts) == 1 and config.class_name is not None and config.class_name not in names:
         raise ValueError(f"--class-name {config.class_name!r} is not in this artifact; classes: {names}")
-    chosen = [names.index(config.class_name)] if config.class_name is not None else range(len(names))
+    single = len(artifacts) == 1 and config.class_name is not None
+    chosen = [names.index(config.class_name)] if single else range(len(names))  # a mix picks with mix_class
     build = {"gaussian": _gaussian, "mixture": _mixture}[config.sampler]  # keys: config.SAMPLERS
     draws = build(backbone, artifacts, edits, config, chosen)
 

@@ -12,7 +12,7 @@ from dreamdist.artifact import Artifact
 from dreamdist.backbone import Backbone
 from dreamdist.config import help_
 from dreamdist.data import ReferenceSet
-from dreamdist.methods import Conditioning
+from dreamdist.methods import Conditioning, Method
 from dreamdist.methods.tokens import PlaceholderTokens, install_tokens, save_learned_embeds
 
 # the paper's (and diffusers' script's) prompt templates; {} is the placeholder token
@@ -86,7 +86,7 @@ class TextualInversionConfig:
             raise ValueError(f"--token must be one word without spaces, e.g. '<cat-toy>'; got {self.token!r}")
 
 
-class TextualInversion:
+class TextualInversion(Method):
     """One placeholder token (N vectors) in prompts drawn from the object/style templates."""
 
     name = "textual-inversion"

@@ -19,7 +19,7 @@ from dreamdist.artifact import Artifact
 from dreamdist.backbone import Backbone
 from dreamdist.config import help_
 from dreamdist.data import ReferenceSet
-from dreamdist.methods import Conditioning
+from dreamdist.methods import Conditioning, Method
 from dreamdist.methods.finetune import (
     PIPELINE_DIR,
     load_pipeline_weights,
@@ -70,7 +70,7 @@ class TwoStageConfig:
         return f"{self.token} {self.class_noun}"
 
 
-class TwoStage:
+class TwoStage(Method):
     """Stage 1 trains the token row (UNet frozen); stage 2 trains the UNet (token and text encoder frozen)."""
 
     name = "two-stage"

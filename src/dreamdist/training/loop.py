@@ -7,9 +7,10 @@ resumed run continues bit-for-bit where the interrupted one stopped.
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -23,11 +24,19 @@ from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from dreamdist.artifact import save_artifact
+from dreamdist.atomic import atomic_write_json
 from dreamdist.backbone import Backbone
 from dreamdist.config import TrainConfig
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Method, get_method
-from dreamdist.training.checkpoint import TrainingState, list_checkpoints, load_checkpoint, save_checkpoint
+from dreamdist.training.checkpoint import (
+    STATE_FILE,
+    TrainingState,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from dreamdist.training.ranks import Ranks
 
 log = logging.getLogger("dreamdist")
 
@@ -65,13 +74,18 @@ class LatentCache:
 
 @contextmanager
 def stop_on_signals():
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (main thread only)."""
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (main thread only).
+
+    A second signal while the first is being honoured ends the process at once (KeyboardInterrupt).
+    """
     flag = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, _frame):
+        if flag["signal"] is not None:
+            raise TrainingInterrupted(f"stopped at once by a second signal {signum}", signum)
         flag["signal"] = signum
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -150,32 +164,34 @@ def train(config: TrainConfig, method_config=None) -> Path:
     out = Path(config.out)
     if not config.resume and list_checkpoints(out):
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    # a second train() in one process may ask for another precision: drop the previous run's
-    # accelerator settings (the distributed PartialState, if any, is kept)
-    AcceleratorState._reset_state()
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        log_with="tensorboard" if config.tensorboard else None,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-    )
+    accelerator = _accelerator(config, out)
+    ranks = Ranks(accelerator)
     # frozen weights: as asked, else the autocast dtype (fp32 without mixed precision)
-    dtype = config.dtype or {"fp16": "fp16", "bf16": "bf16"}.get(config.mixed_precision, "fp32")
+    dtype = config.dtype or {"fp16": "fp16", "bf16": "bf16"}.get(accelerator.mixed_precision, "fp32")
     backbone = Backbone.from_pretrained(config.model, accelerator.device, dtype, config.allow_pickle)
     resolution = config.resolution or backbone.sample_size
     data = ReferenceSet.from_folder(config.images, resolution, config.multiclass)
-    log.info(data.report.summary())
-    generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
+    references = _report_references(data, accelerator.is_main_process)
+    # every rank sets the method up from the same seed (identical initial trainables), then draws
+    # its own batches: rank 0 continues the stream, the others re-seed
+    generator = torch.Generator().manual_seed(config.seed)
     # the frozen backbone's identity, before a method adds tokens or adapters to it
     identity, probe = backbone.identity(), backbone.probe_rows()
     method.setup(backbone, data, generator, run_dir=out)
+    if accelerator.process_index > 0:
+        generator.manual_seed(config.seed + accelerator.process_index)
     if config.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
         backbone.text_encoder.gradient_checkpointing_enable()
         backbone.text_encoder.train()  # transformers only checkpoints in train mode (CLIP has no dropout)
     learning_rate = config.learning_rate or method.default_learning_rate
-    groups = _param_groups(method, learning_rate)
+    groups = method.param_groups(learning_rate) or _default_groups(method)
     params = [p for group in groups for p in group["params"]]
+    if not params:
+        raise ValueError(f"{method.name} has no trainable parameters after setup; check its options")
+    ranks.broadcast(params)  # belt and braces: rank 0's initial values everywhere
     optimizer = accelerator.prepare(torch.optim.AdamW(groups, lr=learning_rate, weight_decay=0.0))
+    peak_rates = [group["lr"] for group in optimizer.param_groups]
     cache = LatentCache(backbone, data, config.flip)
     total_steps = config.steps or method.default_steps
     run_meta = {
@@ -184,34 +200,40 @@ def train(config: TrainConfig, method_config=None) -> Path:
         "method_config": asdict(method_config),
         "images_fingerprint": data.fingerprint,
         "class_names": data.class_names,
+        "references": references,
     }
 
     step, streak = 0, 0
     if config.resume:
-        step = _resume(out, method, optimizer, generator, run_meta)
-        if accelerator.process_index > 0:  # checkpoints hold rank 0's stream; other ranks draw their own
-            generator.manual_seed(config.seed + accelerator.process_index + 1_000_003 * step)
+        step = _resume(config, out, method, optimizer, accelerator, generator, run_meta, total_steps)
+    for group, peak in zip(optimizer.param_groups, peak_rates):  # this run's rates, also after a resume
+        group["lr"] = group["initial_lr"] = peak
+    schedule = _lr_schedule(config, total_steps)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(run_meta, indent=2, default=str) + "\n")
+        atomic_write_json(out / "train_config.json", run_meta, default=str)
+        atomic_write_json(out / "references.json", references)
     if config.tensorboard:
         accelerator.init_trackers("dreamdist")
 
     def checkpoint() -> Path | None:
+        generators = ranks.gather_states(generator.get_state())  # a collective: every rank calls it
         if not accelerator.is_main_process:
             return None
-        meta = {**run_meta, "stage": getattr(method, "stage", None)}
-        state = TrainingState(step, method.state_tensors(), optimizer.state_dict(), generator.get_state(), meta)
+        meta = {**run_meta, "stage": method.stage, "world_size": accelerator.num_processes}
+        method_state = method.state_tensors()
+        method_state.update({f"rng.rank{r}": g for r, g in enumerate(generators) if r > 0})
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        state = TrainingState(step, method_state, optimizer.state_dict(), generator.get_state(), meta, scaler)
         return save_checkpoint(out, state, config.keep_checkpoints)
 
-    begin_step = getattr(method, "begin_step", None)
-    extra_checkpoints = set(getattr(method, "checkpoint_steps", ()))
-
+    extra_checkpoints = set(method.checkpoint_steps)
     bar = tqdm(total=total_steps, initial=step, disable=not (config.progress and accelerator.is_main_process))
     with stop_on_signals() as stop:
         while step < total_steps:
-            if begin_step is not None:
-                begin_step(step, total_steps)
+            method.begin_step(step, total_steps)
+            for group, peak in zip(optimizer.param_groups, peak_rates):
+                group["lr"] = peak * schedule(step)
             optimizer.zero_grad(set_to_none=True)
             finite, logs = True, {}
             for _ in range(config.gradient_accumulation):
@@ -219,12 +241,13 @@ def train(config: TrainConfig, method_config=None) -> Path:
                 latents = (latents.to(accelerator.device) - backbone.latent_shift) * backbone.latent_scale
                 with accelerator.autocast():
                     total, loss, extra = method_loss(backbone, method, latents, labels, generator, indices)
-                if not torch.isfinite(total):
-                    finite = False
-                    break
-                accelerator.backward(total / config.gradient_accumulation)
-                logs = {"loss": float(loss.detach()), **extra}
-            if not finite:
+                # every micro-batch runs on every rank (methods may hold collectives inside the loss)
+                finite = finite and bool(torch.isfinite(total))
+                if finite:
+                    accelerator.backward(total / config.gradient_accumulation)
+                    logs = {"loss": float(loss.detach()), **extra}
+            # ranks skip together, or one would wait forever in the next collective
+            if ranks.any(not finite):
                 streak += 1
                 log.warning("non-finite loss at step %d (%d in a row); step skipped", step + 1, streak)
                 if streak >= config.max_nonfinite:
@@ -233,78 +256,162 @@ def train(config: TrainConfig, method_config=None) -> Path:
                         f"{streak} non-finite losses in a row at step {step + 1}; checkpoint saved to {path}. "
                         "Lower --learning-rate, use --mixed-precision no or bf16, or check the images."
                     )
-                continue
-            streak = 0
-            if accelerator.num_processes > 1:  # explicit all-reduce: no DDP wrapper around methods
-                for p in params:
-                    if p.grad is not None:
-                        p.grad = accelerator.reduce(p.grad, reduction="mean")
-            optimizer.step()
-            method.after_step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            if config.tensorboard:
-                accelerator.log(logs, step=step)
-            periodic = config.checkpoint_every and step % config.checkpoint_every == 0
-            if (periodic or step in extra_checkpoints) and step < total_steps:
-                checkpoint()
-            if config.sample_every and step % config.sample_every == 0 and accelerator.is_main_process:
-                _sample_grid(backbone, method, out / "samples" / f"step-{step:07d}.png", config.seed)
-            if stop["signal"] is not None:
+            else:
+                streak = 0
+                ranks.average_gradients(params)
+                if config.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                method.after_step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                if config.tensorboard:
+                    accelerator.log({**logs, "lr": optimizer.param_groups[0]["lr"]}, step=step)
+                periodic = config.checkpoint_every and step % config.checkpoint_every == 0
+                if (periodic or step in extra_checkpoints) and step < total_steps:
+                    checkpoint()
+                if config.sample_every and step % config.sample_every == 0 and accelerator.is_main_process:
+                    with accelerator.autocast():
+                        _sample_grid(backbone, method, out / "samples" / f"step-{step:07d}.png", config)
+            if ranks.any(stop["signal"] is not None):  # and stop together
                 path = checkpoint()
                 bar.close()
+                signum = stop["signal"] or signal.SIGTERM  # another rank's signal
                 raise TrainingInterrupted(
-                    f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {path}. "
+                    f"stopped by signal {signum} at step {step}; checkpoint saved to {path}. "
                     "Continue with the same command plus --resume.",
-                    stop["signal"],
+                    signum,
                 )
     bar.close()
     checkpoint()
     if accelerator.is_main_process:
         tensors, meta = method.artifact(backbone)
         tensors["backbone.probe"] = probe
-        meta.update(backbone=identity, train=run_meta["train_config"], step=step)
+        meta.update(backbone=identity, train=run_meta["train_config"], step=step, references=references)
         meta["train"]["images_fingerprint"] = data.fingerprint
-        if hasattr(method, "export"):  # diffusers-format files beside the artifact
-            meta.update(method.export(backbone, out))
+        meta.update(method.export(backbone, out))  # diffusers-format files beside the artifact
         save_artifact(out, method.name, tensors, meta)
     accelerator.end_training()
     return out
 
 
-def _param_groups(method: Method, learning_rate: float) -> list[dict]:
-    """The method's optimizer groups, or one group of its trainable parameters."""
-    if hasattr(method, "param_groups"):
-        groups = method.param_groups(learning_rate)
+def _accelerator(config: TrainConfig, out: Path) -> Accelerator:
+    """The run's Accelerator: precision as asked, else as ``accelerate config`` / ``launch`` set it."""
+    # a second train() in one process may ask for another precision: drop the previous run's
+    # accelerator settings (the distributed PartialState, if any, is kept)
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        cpu=config.device == "cpu",
+        log_with="tensorboard" if config.tensorboard else None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    if config.device not in (None, "cpu") and accelerator.device.type != torch.device(config.device).type:
+        raise ValueError(
+            f"--device {config.device} is not available here (found {accelerator.device.type}); "
+            "drop --device to use the best available one"
+        )
+    return accelerator
+
+
+def _report_references(data: ReferenceSet, show: bool) -> dict:
+    """Say which reference files were skipped and why (printed, and recorded in the run folder)."""
+    report = data.report
+    if show and report.skipped:
+        print(f"dreamdist: {report.summary()}", file=sys.stderr)
+    return {
+        "kept": [p.name for p in report.kept],
+        "skipped": [{"file": str(p), "reason": why} for p, why in report.skipped],
+    }
+
+
+def _lr_schedule(config: TrainConfig, total_steps: int):
+    """step -> factor of the peak rate: linear warm-up, then constant, cosine or linear decay to 0."""
+    warmup = config.lr_warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if config.lr_scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if config.lr_scheduler == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return factor
+
+
+def _default_groups(method: Method) -> list[dict]:
+    """One optimizer group of the method's trainable parameters."""
+    return [{"params": [p for m in method.trainable_modules() for p in m.parameters() if p.requires_grad]}]
+
+
+def _resume(
+    config: TrainConfig,
+    out: Path,
+    method: Method,
+    optimizer,
+    accelerator: Accelerator,
+    generator: torch.Generator,
+    run_meta: dict,
+    total_steps: int,
+) -> int:
+    """Load a checkpoint (``--resume-from PATH``, else the newest of ``out``) into the method,
+    optimizer, loss scaler and generators; return its step.
+
+    The learning rate, schedule and step count of the resumed command are honoured; a changed method,
+    image set or method setting, or fewer steps than already done, is refused with the reason.
+    """
+    if config.resume_from not in (None, "latest"):
+        path = Path(config.resume_from)
+        if not (path / STATE_FILE).is_file():
+            raise FileNotFoundError(f"--resume-from {path}: not a checkpoint folder (no {STATE_FILE} inside)")
     else:
-        groups = [{"params": [p for m in method.trainable_modules() for p in m.parameters() if p.requires_grad]}]
-    if not any(group["params"] for group in groups):
-        raise ValueError(f"{method.name} has no trainable parameters after setup; check its options")
-    return groups
-
-
-def _resume(out: Path, method: Method, optimizer, generator: torch.Generator, run_meta: dict) -> int:
-    """Load the newest checkpoint of ``out`` into the method, optimizer and generator; return its step."""
-    checkpoints = list_checkpoints(out)
-    if not checkpoints:
-        log.warning("--resume: no checkpoint in %s; starting from step 0", out)
-        return 0
-    state = load_checkpoint(checkpoints[-1])
+        checkpoints = list_checkpoints(out)
+        if not checkpoints:
+            log.warning("--resume: no checkpoint in %s; starting from step 0", out)
+            return 0
+        path = checkpoints[-1]
+    state = load_checkpoint(path)
     for key in ("method", "images_fingerprint", "method_config"):
         if state.meta.get(key) != run_meta[key]:
             raise ValueError(
                 f"cannot resume {out}: its {key.replace('_', ' ')} was {state.meta.get(key)!r}, now {run_meta[key]!r}. "
                 "Resume with the original images and settings, or start a new --out."
             )
+    if state.step > total_steps:
+        raise ValueError(
+            f"cannot resume {path} (step {state.step}) with --steps {total_steps}: it has already trained further; "
+            f"pass --steps >= {state.step}"
+        )
+    rank_states = {k: state.method.pop(k) for k in [k for k in state.method if k.startswith("rng.rank")]}
     method.load_state_tensors(state.method)
     optimizer.load_state_dict(state.optimizer)
-    generator.set_state(state.generator)
-    log.info("resumed %s at step %d", checkpoints[-1], state.step)
+    if state.scaler and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state.scaler)
+    rank = accelerator.process_index
+    if rank == 0:
+        generator.set_state(state.generator)
+    elif f"rng.rank{rank}" in rank_states and state.meta.get("world_size") == accelerator.num_processes:
+        generator.set_state(rank_states[f"rng.rank{rank}"])
+    else:  # another process count than the checkpoint's: a fresh stream per rank and step
+        generator.manual_seed(config.seed + rank + 1_000_003 * state.step)
+    before = state.meta.get("train_config", {})
+    changed = {k: (before.get(k), v) for k, v in run_meta["train_config"].items() if k in RESUMABLE_CHANGES}
+    changed = {k: pair for k, pair in changed.items() if k in before and pair[0] != pair[1]}
+    for key, (old, new) in changed.items():
+        log.warning("--resume: %s changed from %s to %s; the new value applies from step %d", key, old, new, state.step)
+    log.info("resumed %s at step %d", path, state.step)
     return state.step
 
 
-def _sample_grid(backbone: Backbone, method: Method, path: Path, seed: int) -> None:
+# settings a resumed run may change (they apply from the resumed step on)
+RESUMABLE_CHANGES = ("steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "max_grad_norm", "sample_every")
+
+
+def _sample_grid(backbone: Backbone, method: Method, path: Path, config: TrainConfig) -> None:
     """Save a small grid from the current state (validation images during training)."""
     from dreamdist.artifact import Artifact
     from dreamdist.config import GenerateConfig
@@ -312,7 +419,14 @@ def _sample_grid(backbone: Backbone, method: Method, path: Path, seed: int) -> N
 
     tensors, meta = method.artifact(backbone)
     artifact = Artifact(tensors, {"method": method.name, **meta, "backbone": backbone.identity()}, path)
-    gen_config = GenerateConfig(out=str(path.parent), artifacts=[str(path)], num_images=4, seed=seed, progress=False)
+    gen_config = GenerateConfig(
+        out=str(path.parent),
+        artifacts=[str(path)],
+        num_images=4,
+        seed=config.seed,
+        prompt=config.validation_prompt,
+        progress=False,
+    )
     # the backbone already holds the method's live state: nothing to load into it
     images, _ = generate_images(backbone, [artifact], gen_config, prepared=True)
     path.parent.mkdir(parents=True, exist_ok=True)
