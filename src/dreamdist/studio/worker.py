@@ -1,0 +1,93 @@
+"""The training child process: ``python -m dreamdist.studio.worker RUN_DIR``.
+
+Reads ``RUN_DIR/studio-run.json`` (the train and method configs the page asked for), calls
+``dreamdist.training.loop.train`` in this process's main thread (so SIGTERM from the page's Stop
+button reaches the loop's own handler, which saves a checkpoint), appends one line per step to
+``studio/progress.jsonl`` and leaves ``studio/status.json`` = done / stopped / failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from dreamdist.studio.runs import PROGRESS, REQUEST, STATUS, WORKER_DIR, read_json, write_json
+
+
+def progress_bar_class(path: Path) -> type:
+    """A tqdm that also appends ``{"step", "total", "loss", "time"}`` to ``path`` whenever the loop
+    reports a loss (the loop calls ``update(1)`` then ``set_postfix(loss=...)`` after each step)."""
+
+    class RecordingBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.studio_step = int(kwargs.get("initial", 0) or 0)
+            self.studio_total = kwargs.get("total")
+
+        def update(self, n=1):
+            self.studio_step += int(n or 0)
+            return super().update(n)
+
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            loss = {**(ordered_dict or {}), **kwargs}.get("loss")
+            if loss is not None:
+                record = {
+                    "step": self.studio_step,
+                    "total": self.studio_total,
+                    "loss": float(loss),
+                    "time": time.time(),
+                }
+                with open(path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            return super().set_postfix(ordered_dict, refresh, **kwargs)
+
+    return RecordingBar
+
+
+def run(folder: Path, resume: bool) -> int:
+    """Train the run described by ``folder/studio-run.json``; returns the exit code."""
+    from dreamdist.config import TrainConfig
+    from dreamdist.methods import get_method
+    from dreamdist.training import loop
+
+    status_path = folder / WORKER_DIR / STATUS
+    request = read_json(folder / REQUEST)
+    if not request:
+        print(f"{folder / REQUEST} is missing or unreadable", file=sys.stderr)
+        return 2
+    write_json(status_path, {"state": "running", "resume": resume, "started": time.time()})
+    try:
+        config = TrainConfig(**{**request["train"], "resume": resume, "progress": True})
+        method_config = get_method(config.method).config(**request["method"])
+        # record each step's loss: the loop has no callback, its progress bar sees every step
+        loop.tqdm = progress_bar_class(folder / WORKER_DIR / PROGRESS)
+        loop.train(config, method_config)
+    except loop.TrainingInterrupted as exc:
+        write_json(status_path, {"state": "stopped", "message": str(exc), "time": time.time()})
+        return 0
+    except Exception as exc:  # reported on the page; the traceback stays in worker.log
+        write_json(status_path, {"state": "failed", "error": f"{type(exc).__name__}: {exc}", "time": time.time()})
+        raise
+    write_json(status_path, {"state": "done", "time": time.time()})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dreamdist.studio.worker RUN_DIR [--resume]``."""
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(description="Train one studio run (started by `dreamdist studio`).")
+    parser.add_argument("folder", help="run folder holding studio-run.json")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run(Path(args.folder), args.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
