@@ -96,7 +96,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise ValueError("give artifacts either positionally or with --mix, not both")
         artifacts, weights = parse_mix(args.mix)
     result = generate(from_args(GenerateConfig, args, artifacts=artifacts, weights=weights))
-    print(f"wrote {len(result.paths)} images, {result.grid} and {result.manifest}")
+    reused = f" ({result.reused} already there)" if result.reused else ""
+    print(f"wrote {len(result.paths)} images{reused}, {result.grid} and {result.manifest}")
     return 0
 
 
@@ -198,6 +199,7 @@ def _extensions() -> list[Callable]:
         "dreamdist.classify.cli",
         "dreamdist.studio.cli",
         "dreamdist.study.cli",
+        "dreamdist.synth.cli",
     ):
         try:
             found.append(__import__(module, fromlist=["register"]).register)

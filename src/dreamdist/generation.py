@@ -1,91 +1,78 @@
-"""Generation: artifacts (or a plain prompt) -> images through the diffusers pipeline.
+"""Generation: artifacts (or a plain prompt) -> images, streamed to disk with a manifest.
 
-Every image ``i`` owns a CPU generator seeded with ``seed + i``: it first draws the image's prompt
-sample (when the method samples prompts), then the pipeline draws its initial latents from it.
-So image ``i`` is the same whatever the batch size, the batch it lands in, or the device.
+Every image ``i`` owns a CPU generator seeded with ``seed + i`` (``dreamdist.pipeline``): it first
+draws the image's prompt sample (when the method samples prompts), then the pipeline draws its
+initial latents from it. So image ``i`` is the same whatever the batch size, the batch it lands in,
+or the device (up to the last float bit of batched kernels).
+
+``generate`` writes each PNG (tmp file + rename) and then its manifest row as soon as the image is
+made, holds no image after that, and a rerun of the same command skips the images already written;
+a different request in the same folder replaces what the previous one wrote.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import io
 import json
-import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import diffusers
-import torch
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
 from dreamdist.artifact import Artifact, load_artifact
+from dreamdist.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from dreamdist.backbone import Backbone
 from dreamdist.config import GenerateConfig
-from dreamdist.methods import PromptSampler, prepare_backbone, sampler_for
+from dreamdist.methods import PromptSampler, get_method, prepare_backbone, sampler_for
+from dreamdist.pipeline import (
+    SCHEDULERS,
+    RenderSettings,
+    assemble_pipeline,
+    blocks,
+    make_grid,
+    make_pipeline,
+    plain_prompt_sampler,
+    render_block,
+)
 from dreamdist.prompts import prompt_set
 
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler-a": "EulerAncestralDiscreteScheduler",
-    "pndm": "PNDMScheduler",
-    "ddpm": "DDPMScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
+__all__ = [
+    "SCHEDULERS",
+    "GenerationResult",
+    "assemble_pipeline",
+    "generate",
+    "generate_images",
+    "make_grid",
+    "make_pipeline",
+    "stream_images",
+]
+
+MANIFEST = "manifest.jsonl"
+REQUEST = "request.json"
+GRID_IMAGES = 64  # grid.png shows the first images only: memory stays flat in --num-images
 
 
 @dataclass
 class GenerationResult:
-    """Images in order, their files, and the manifest path."""
+    """The image files in order, the manifest and the grid; ``images`` opens the files when asked."""
 
-    images: list[Image.Image]
     paths: list[Path] = field(default_factory=list)
     manifest: Path | None = None
     grid: Path | None = None
+    reused: int = 0  # images an earlier run of the same request had written
 
-
-def make_pipeline(backbone: Backbone, scheduler: str | None = None) -> StableDiffusionPipeline:
-    """A pipeline over the backbone's modules with a fresh inference scheduler.
-
-    The scheduler is always a new object built from the checkpoint's scheduler config (the
-    pipeline constructor rewrites some scheduler config values; the training one stays intact).
-    """
-    config = dict(backbone.scheduler_config)
-    if scheduler is None:
-        class_name = config.get("_class_name", "DDIMScheduler")
-    elif scheduler in SCHEDULERS:
-        class_name = SCHEDULERS[scheduler]
-    else:
-        raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-    scheduler_cls = getattr(diffusers, class_name, diffusers.DDIMScheduler)
-    return assemble_pipeline(
-        backbone.vae, backbone.text_encoder, backbone.tokenizer, backbone.unet, scheduler_cls.from_config(config)
-    )
-
-
-def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` over in-memory components, without safety checker or progress bar."""
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def plain_prompt_sampler(backbone: Backbone, prompt: str) -> PromptSampler:
-    """Caption baselines: the same encoded prompt for every image."""
-    with torch.no_grad():
-        hidden = backbone.encode_text([prompt])[0]  # (L, d)
-    return lambda index, generator: (hidden, {"prompt": prompt})
+    @property
+    def images(self) -> list[Image.Image]:
+        """The images, read from disk (hold them only for small runs)."""
+        out = []
+        for path in self.paths:
+            with Image.open(path) as image:
+                out.append(image.convert("RGB"))
+        return out
 
 
 def _jobs(backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig) -> list[tuple[PromptSampler, dict]]:
@@ -102,15 +89,27 @@ def _jobs(backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig)
     return jobs
 
 
-def generate_images(
-    backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig, prepared: bool = False
-) -> tuple[list[Image.Image], list[dict]]:
-    """Run the pipeline in batches; return images and one manifest record per image.
+def _settings(backbone: Backbone, config: GenerateConfig) -> RenderSettings:
+    return RenderSettings.resolve(
+        backbone, config.guidance_scale, config.num_inference_steps, config.height, config.width, config.negative_prompt
+    )
+
+
+def stream_images(
+    backbone: Backbone,
+    artifacts: list[Artifact],
+    config: GenerateConfig,
+    prepared: bool = False,
+    done: set[int] | frozenset[int] = frozenset(),
+) -> Iterator[tuple[Image.Image, dict]]:
+    """Yield ``(image, manifest record)`` in index order, one pipeline call per ``batch_size`` block.
 
     Args:
         artifacts: loaded artifacts (none: plain ``config.prompt``).
         prepared: the backbone already holds the artifacts' weights (sample grids during training);
             otherwise the method's ``prepare`` loads them into ``backbone`` first (in place).
+        done: indices not to yield. Blocks stay aligned to multiples of ``batch_size``: a block
+            with a missing image is rendered whole, so a resumed run computes the same bits.
     With ``config.prompt_set``, image ``i`` is image ``i % num_images`` of prompt ``i // num_images``.
     """
     if artifacts and not prepared:
@@ -118,85 +117,137 @@ def generate_images(
     jobs = _jobs(backbone, artifacts, config)
     total = config.num_images * len(jobs)
     pipe = make_pipeline(backbone, config.scheduler)
-    defaults = backbone.generation_defaults
-    guidance = config.guidance_scale if config.guidance_scale is not None else defaults.get("guidance_scale", 7.5)
-    steps = config.num_inference_steps or defaults.get("num_inference_steps", 50)
-    height = config.height or backbone.sample_size
-    width = config.width or backbone.sample_size
-    images, records = [], []
-    bar = tqdm(total=total, disable=not config.progress, desc="generating", unit="img")
-    for start in range(0, total, config.batch_size):
-        indices = range(start, min(start + config.batch_size, total))
-        generators = [torch.Generator().manual_seed(config.seed + i) for i in indices]
-        drawn = [jobs[i // config.num_images][0](i, g) for i, g in zip(indices, generators)]
-        embeds = torch.stack([hidden for hidden, _ in drawn]).to(backbone.device, backbone.dtype)  # (b, L, d)
-        with torch.no_grad():
-            out = pipe(
-                prompt_embeds=embeds,
-                negative_prompt=[config.negative_prompt] * len(indices),
-                generator=generators,
-                guidance_scale=guidance,
-                num_inference_steps=steps,
-                height=height,
-                width=width,
-                output_type="pil",
-            )
-        images += out.images
-        for i, (_, info) in zip(indices, drawn):
-            records.append(
-                {
-                    "index": i,
-                    "seed": config.seed + i,
-                    "guidance_scale": guidance,
-                    "num_inference_steps": steps,
-                    "scheduler": type(pipe.scheduler).__name__,
-                    "negative_prompt": config.negative_prompt,
-                    "size": [width, height],
-                    **jobs[i // config.num_images][1],
-                    **info,
-                }
-            )
-        bar.update(len(indices))
+    settings = _settings(backbone, config)
+    fields = settings.record(type(pipe.scheduler).__name__)
+
+    def sampler(index, generator):
+        return jobs[index // config.num_images][0](index, generator)
+
+    bar = tqdm(total=total, initial=len(done), disable=not config.progress, desc="generating", unit="img")
+    for block in blocks(range(total), config.batch_size):
+        if all(i in done for i in block):
+            continue
+        images, infos = render_block(pipe, backbone, sampler, block, [config.seed + i for i in block], settings)
+        for i, image, info in zip(block, images, infos):
+            if i in done:
+                continue
+            record = {"index": i, "seed": config.seed + i, **fields, **jobs[i // config.num_images][1], **info}
+            yield image, record
+            bar.update(1)
     bar.close()
+
+
+def generate_images(
+    backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig, prepared: bool = False
+) -> tuple[list[Image.Image], list[dict]]:
+    """All images and records in memory (small jobs such as sample grids); see ``stream_images``."""
+    images, records = [], []
+    for image, record in stream_images(backbone, artifacts, config, prepared):
+        images.append(image)
+        records.append(record)
     return images, records
 
 
-def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Image:
-    """Tile images (all the size of the first) into a near-square grid."""
-    columns = columns or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / columns)
-    width, height = images[0].size
-    grid = Image.new("RGB", (columns * width, rows * height), "white")
-    for i, image in enumerate(images):
-        grid.paste(image.resize((width, height)), ((i % columns) * width, (i // columns) * height))
-    return grid
+def _private_backbone(backbone: Backbone, artifacts: list[Artifact]) -> Backbone:
+    """A copy of the caller's backbone when the artifacts' method loads weights or tokens into it."""
+    if artifacts and any(get_method(a.method).prepare is not None for a in artifacts):
+        return copy.deepcopy(backbone)
+    return backbone
+
+
+def _request(config: GenerateConfig, backbone: Backbone, artifacts: list[Artifact]) -> dict:
+    """What decides the images: same request -> same files (batch size and image count aside)."""
+    options = dataclasses.asdict(config)
+    for key in ("out", "artifacts", "num_images", "batch_size", "progress", "allow_pickle"):
+        options.pop(key)
+    return {
+        "model": backbone.model_id,
+        "device": str(backbone.device),
+        "dtype": str(backbone.dtype),
+        "artifacts": [a.sha256() for a in artifacts],
+        "options": options,
+    }
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The PNG encoding of an image (deterministic: same pixels, same bytes)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The complete JSON lines of a manifest (a torn last line, from a killed write, is ignored)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().split("\n")[:-1]:  # the text after the last newline is incomplete
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Replace a manifest with ``rows`` atomically."""
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _resume(out: Path, request: dict, num_images: int) -> dict[int, dict]:
+    """Rows of images already written for this request (file present); clears another request's files."""
+    request_file, manifest = out / REQUEST, out / MANIFEST
+    previous = json.loads(request_file.read_text()) if request_file.is_file() else None
+    rows = read_rows(manifest)
+    if previous is None or previous["request"] != request or previous["num_images"] > num_images:
+        for row in rows:  # only what an earlier generate wrote here (named in its manifest)
+            (out / row["file"]).unlink(missing_ok=True)
+        (out / "grid.png").unlink(missing_ok=True)
+        manifest.unlink(missing_ok=True)
+        return {}
+    done = {row["index"]: row for row in rows if (out / row["file"]).is_file()}
+    write_rows(manifest, [done[i] for i in sorted(done)])  # drop torn or orphaned rows before appending
+    return done
 
 
 def generate(config: GenerateConfig, backbone: Backbone | None = None) -> GenerationResult:
-    """Load artifacts and backbone, generate, and write PNGs, ``grid.png`` and ``manifest.jsonl``."""
+    """Load artifacts and backbone; stream PNGs and ``manifest.jsonl`` rows; then write ``grid.png``.
+
+    A ``backbone`` passed in is never changed: methods that load weights or tokens get a copy.
+    """
     artifacts = [load_artifact(path, config.allow_pickle) for path in config.artifacts]
     if backbone is None:
         model = config.model or (artifacts[0].meta["backbone"]["model_id"] if artifacts else None)
         if model is None:
             raise ValueError("--model is required when generating from a plain --prompt")
         backbone = Backbone.from_pretrained(model, config.device, config.dtype, config.allow_pickle)
+    else:
+        backbone = _private_backbone(backbone, artifacts)
     for artifact in artifacts:
         backbone.check_compatible(artifact.meta["backbone"], artifact.tensors.get("backbone.probe"), str(artifact.path))
-    images, records = generate_images(backbone, artifacts, config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    request = _request(config, backbone, artifacts)
+    done = _resume(out, request, config.num_images)
+    reused = len(done)
+    atomic_write_json(out / REQUEST, {"request": request, "num_images": config.num_images})
     sources = [{"path": str(a.path), "sha256": a.sha256()} for a in artifacts]
-    paths = []
-    with open(out / "manifest.jsonl", "w") as manifest:
-        for image, record in zip(images, records):
+    method = artifacts[0].method if artifacts else "caption"
+    extra = {"model": backbone.model_id, "artifacts": sources}
+    if config.weights is not None:
+        extra["weights"] = list(config.weights)
+    manifest = out / MANIFEST
+    with open(manifest, "a") as handle:
+        for image, record in stream_images(backbone, artifacts, config, done=set(done)):
             path = out / f"{record['index']:05d}.png"
-            image.save(path)
-            paths.append(path)
-            method = artifacts[0].method if artifacts else "caption"
-            record = {"file": path.name, "method": method, **record, "model": backbone.model_id, "artifacts": sources}
-            if config.weights is not None:
-                record["weights"] = list(config.weights)
-            manifest.write(json.dumps(record) + "\n")
+            atomic_write_bytes(path, png_bytes(image))
+            row = {"file": path.name, "method": method, **record, **extra}
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()  # the row is on disk as soon as its image is
+            done[record["index"]] = row
+    rows = [done[i] for i in sorted(done)]
+    write_rows(manifest, rows)  # index order, whatever order a resumed run wrote them in
+    paths = [out / row["file"] for row in rows]
     grid = out / "grid.png"
-    make_grid(images).save(grid)
-    return GenerationResult(images, paths, out / "manifest.jsonl", grid)
+    make_grid(GenerationResult(paths[:GRID_IMAGES]).images).save(grid)
+    return GenerationResult(paths, manifest, grid, reused)

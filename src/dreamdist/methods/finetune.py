@@ -91,7 +91,7 @@ def load_lora(module: nn.Module, config, tensors: dict[str, torch.Tensor]) -> No
 
 def save_pipeline(backbone: Backbone, folder: Path) -> Path:
     """The backbone as a diffusers ``StableDiffusionPipeline`` folder (safetensors)."""
-    from dreamdist.generation import make_pipeline
+    from dreamdist.pipeline import make_pipeline
 
     path = folder / PIPELINE_DIR
     make_pipeline(backbone).save_pretrained(str(path), safe_serialization=True)

@@ -54,8 +54,7 @@ def class_images(
     and model are reused; otherwise they are generated and written (PNGs, ``manifest.jsonl``,
     and ``request.json`` last, so an interrupted write is regenerated).
     """
-    from dreamdist.config import GenerateConfig
-    from dreamdist.generation import generate_images
+    from dreamdist.pipeline import RenderSettings, plain_prompt_sampler, render_images
 
     request = _request(backbone, prompt, seed, size, steps)
     if folder is not None and (folder / "request.json").is_file():
@@ -63,17 +62,13 @@ def class_images(
         files = [folder / f"{i:05d}.png" for i in range(count)]
         if cached["request"] == request and cached["count"] >= count and all(f.is_file() for f in files):
             return [Image.open(f).convert("RGB") for f in files]
-    config = GenerateConfig(
-        out=str(folder or "."),
-        prompt=prompt,
-        num_images=count,
-        seed=seed,
-        num_inference_steps=steps,
-        height=size,
-        width=size,
-        progress=False,
-    )
-    images, records = generate_images(backbone, [], config)
+    settings = RenderSettings.resolve(backbone, num_inference_steps=steps, height=size, width=size)
+    fields = settings.record(backbone.scheduler_config.get("_class_name", "DDIMScheduler"))
+    stream = render_images(backbone, plain_prompt_sampler(backbone, prompt), range(count), seed, settings)
+    images, records = [], []
+    for index, image, info in stream:
+        images.append(image)
+        records.append({"index": index, "seed": seed + index, **fields, **info})
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "request.json").unlink(missing_ok=True)
