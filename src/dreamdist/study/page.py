@@ -20,16 +20,17 @@ TEMPLATE = """<!doctype html>
   #refs img { height: 6rem; border-radius: 4px; }
   .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
   .pair figure { margin: 0; text-align: center; }
-  .pair img { width: 100%; max-width: 30rem; image-rendering: auto; border: 1px solid #ccc; border-radius: 4px; }
+  .pair img { width: 100%; max-width: 30rem; max-height: 55vh; object-fit: contain; }
   .buttons { display: flex; justify-content: center; gap: 1rem; margin: 1rem 0; }
   button { font-size: 1.1rem; padding: .5rem 2rem; }
   #status { min-height: 1.5em; color: #a00; }
+  .caption { margin: 0 0 .3rem; color: #666; font-size: .9rem; }
   .hint { color: #666; font-size: .9rem; text-align: center; }
 </style>
 </head>
 <body>
 <h1 id="question">__QUESTION__</h1>
-<section aria-label="Reference images"><div id="refs"></div></section>
+<section aria-label="Reference images"><p class="caption">Reference images</p><div id="refs"></div></section>
 <p id="progress-line"><label for="progress">Progress</label>
   <progress id="progress" max="1" value="0"></progress> <span id="progress-text">0 / ?</span></p>
 <main id="voting" hidden>
