@@ -147,3 +147,13 @@ def test_bad_input_gets_one_error_line(folders, tmp_path):
         assert code == 2 and out == ""
         assert err.startswith("dreamdist: error: ") and message in err, err
         assert "Traceback" not in err
+
+
+def test_resnet50_trains_and_evaluates_through_the_same_loop(folders):
+    data = load_class_folders(folders[0], 32, progress=False)
+    config = ClassifyConfig(arch="resnet50", image_size=32, epochs=1, batch_size=24, warmup_epochs=0, progress=False)
+    assert (config.optimizer, config.crop_scale) == ("sgd", 0.08)  # the real-data recipe
+    classifier = train_classifier(data, config)
+    assert type(classifier.model).__name__ == "ResNet" and np.isfinite(classifier.history[0]["loss"])
+    evaluation = evaluate(classifier, data)
+    assert evaluation.count == 72 and sum(map(sum, evaluation.confusion)) == 72

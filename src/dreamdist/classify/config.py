@@ -21,7 +21,7 @@ def _help(text: str) -> dict:
 class ClassifyConfig:
     """Settings of one classifier training run (the flags of ``dreamdist classify``)."""
 
-    arch: str = field(default="cnn", metadata=_help(f"architecture: {', '.join(ARCHS)} (default: cnn)"))
+    arch: str = field(default="cnn", metadata=_help(f"architecture: {', '.join(ARCHS)}"))
     epochs: int | None = field(default=None, metadata=_help("passes over the training set (default: the arch's)"))
     batch_size: int = field(default=128, metadata=_help("images per optimizer step"))
     image_size: int | None = field(
@@ -30,7 +30,10 @@ class ClassifyConfig:
     optimizer: str | None = field(
         default=None, metadata=_help("adamw or sgd (momentum 0.9, Nesterov) (default: adamw for cnn, sgd for resnet50)")
     )
-    lr: float | None = field(default=None, metadata=_help("peak learning rate (default: 2e-3 adamw, 0.1 sgd)"))
+    lr: float | None = field(
+        default=None,
+        metadata=_help("peak learning rate (default: 2e-3 for cnn; 0.05 for resnet50, i.e. 0.1 x batch / 256)"),
+    )
     weight_decay: float | None = field(
         default=None, metadata=_help("weight decay, not applied to biases and norms (default: the arch's)")
     )

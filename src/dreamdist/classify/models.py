@@ -132,7 +132,7 @@ class Arch:
 ARCHS: dict[str, Arch] = {
     "cnn": Arch(SmallCNN, 32, 30, "adamw", 2e-3, 0.05, 0.35, "small VGG-style CNN, 1.2 M parameters (toy world)"),
     "resnet50": Arch(
-        resnet50, 224, 300, "sgd", 0.1, 5e-5, 0.08, "ResNet-50, 23.7 M parameters at 100 classes (real data)"
+        resnet50, 224, 300, "sgd", 0.05, 1e-4, 0.08, "ResNet-50, 23.7 M parameters at 100 classes (real data)"
     ),
 }
 
