@@ -66,8 +66,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model == "toy":
         print("using the built-in toy model (pass --model to train a Stable Diffusion checkpoint)", file=sys.stderr)
     out = train(from_args(TrainConfig, args), from_args(method_config_cls, args))
-    print(f"done: artifact in {out}/dreamdist.safetensors")
-    print(f"next: dreamdist generate {out} --num-images 16 --out {out}/samples")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one report per run, also under torchrun / accelerate launch
+        print(f"done: artifact in {out}/dreamdist.safetensors")
+        print(f"next: dreamdist generate {out} --num-images 16 --out {out}/samples")
     return 0
 
 

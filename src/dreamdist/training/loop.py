@@ -301,9 +301,11 @@ def _accelerator(config: TrainConfig, out: Path) -> Accelerator:
     # a second train() in one process may ask for another precision: drop the previous run's
     # accelerator settings (the distributed PartialState, if any, is kept)
     AcceleratorState._reset_state()
+    # accelerate treats torchrun's processes as data-parallel ranks on CPU only when told cpu=True
+    has_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
-        cpu=config.device == "cpu",
+        cpu=config.device == "cpu" or (config.device is None and not has_accelerator),
         log_with="tensorboard" if config.tensorboard else None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
