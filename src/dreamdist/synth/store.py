@@ -101,6 +101,11 @@ class SynthFolder:
     # ------------------------------------------------------------------ state
     def open(self) -> bool:
         """Record (or check) the request; True when the dataset is already complete."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with self.lock():  # processes started together: one writes the request, the others check it
+            return self._open()
+
+    def _open(self) -> bool:
         path = self.out / REQUEST
         if path.is_file():
             previous = json.loads(path.read_text())
@@ -110,7 +115,7 @@ class SynthFolder:
                     f"{self.out} holds a synth dataset made with other settings (different: {', '.join(changed)}); "
                     "rerun with the original settings to continue it, or choose another --out"
                 )
-        elif self.out.is_dir() and any(p.name not in (WORK, TRASH) for p in self.out.iterdir()):
+        elif any(p.name not in (WORK, TRASH) for p in self.out.iterdir()):
             raise ValueError(f"{self.out} is not empty and holds no {REQUEST}; choose an empty or new --out")
         else:
             self.work.mkdir(parents=True, exist_ok=True)
