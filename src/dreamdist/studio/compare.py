@@ -20,6 +20,7 @@ from dreamdist.studio.runs import check_name, read_json, write_json
 
 COMPARE_DIR = "_compare"
 TOY_METRICS = ("fidelity", "coverage", "novelty", "attribute_tv")
+LABELS = {"fidelity": "fidelity ↑", "coverage": "coverage ↑", "novelty": "novelty", "attribute_tv": "attribute TV ↓"}
 _counter = itertools.count()
 
 
@@ -94,8 +95,10 @@ def eval_rows(root: Path, names: list[str]) -> tuple[list[dict], list[str]]:
     return rows, warnings
 
 
-def plot_rows(rows: list[dict], metrics: tuple[str, ...] | list[str], path: Path, title: str) -> Path:
-    """Grouped bars: one group per metric, one bar per run."""
+def plot_rows(
+    rows: list[dict], metrics: tuple[str, ...] | list[str], path: Path, title: str, shares: bool = False
+) -> Path:
+    """Grouped bars: one group per metric, one bar per run (``shares``: every metric lies in [0, 1])."""
     from dreamdist.evaluation.report import require_matplotlib
 
     Figure = require_matplotlib()
@@ -108,6 +111,8 @@ def plot_rows(rows: list[dict], metrics: tuple[str, ...] | list[str], path: Path
     ax.set_xticks(
         [x + width * (len(rows) - 1) / 2 for x in range(len(metrics))], [m.replace("_", " ") for m in metrics]
     )
+    if shares:
+        ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -138,7 +143,7 @@ def compare_runs(explorer: Explorer, root: Path, request: dict) -> dict:
     evals, warnings = eval_rows(root, names)
     plots = {}
     if toy:
-        plots["toy"] = plot_rows(toy, TOY_METRICS, out / "toy.png", "toy-world oracle report").name
+        plots["toy"] = plot_rows(toy, TOY_METRICS, out / "toy.png", "toy-world oracle report", shares=True).name
     if evals:
         metrics = [m for m in evals[0] if m != "run"]
         plots["eval"] = plot_rows(evals, metrics, out / "eval.png", "dreamdist eval reports (mean)").name

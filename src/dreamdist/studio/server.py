@@ -36,6 +36,10 @@ class Studio:
     """The server's state: runs folder, model, training jobs and the generator."""
 
     def __init__(self, root: str | Path, model: str = "toy", device: str | None = None):
+        if not (STATIC / "index.html").is_file():
+            raise FileNotFoundError(
+                f"the studio's page is missing from {STATIC}; reinstall dreamdist with its package data"
+            )
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.model = model

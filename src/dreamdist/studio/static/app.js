@@ -263,12 +263,14 @@ function percent(value) { return value == null ? "–" : (100 * value).toFixed(0
 function table(rows, columns, format) {
   const node = document.createElement("table");
   const head = node.createTHead().insertRow();
-  for (const column of ["run", ...columns]) head.insertCell().textContent = column.replace("_", " ");
+  const names = { fidelity: "fidelity ↑", coverage: "coverage ↑", attribute_tv: "attribute TV ↓" };
+  for (const column of ["run", ...columns]) head.insertCell().textContent = names[column] || column;
   const body = node.createTBody();
   for (const row of rows) {
     const line = body.insertRow();
     line.dataset.run = row.run;
     line.insertCell().textContent = row.run;
+    if (row.summary) line.title = row.summary;
     for (const column of columns) {
       const cell = line.insertCell();
       cell.dataset.metric = column;
