@@ -157,3 +157,30 @@ def test_resnet50_trains_and_evaluates_through_the_same_loop(folders):
     assert type(classifier.model).__name__ == "ResNet" and np.isfinite(classifier.history[0]["loss"])
     evaluation = evaluate(classifier, data)
     assert evaluation.count == 72 and sum(map(sum, evaluation.confusion)) == 72
+
+
+def test_foreign_model_files_and_mismatched_inputs_are_refused(folders, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="is not a dreamdist classifier"):
+        load_classifier(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
+        load_classifier(tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError, match="written by `dreamdist classify --out`"):
+        load_classifier(tmp_path / "absent")
+    classifier = train_classifier(
+        load_class_folders(folders[0], 32, progress=False), ClassifyConfig(epochs=1, batch_size=36, progress=False)
+    )
+    with pytest.raises(ValueError, match="test images are 48 px; the classifier takes 32 px"):
+        evaluate(classifier, load_class_folders(folders[1], 48, progress=False))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without CUDA")
+def test_cuda_request_without_cuda_is_a_clear_error(folders):
+    train, test, _ = folders
+    code, _, err = run_cli(
+        ["classify", "--train", str(train), "--test", str(test), "--device", "cuda", "--no-progress"]
+    )
+    assert code == 2 and "CUDA is not available on this machine; use --device cpu" in err

@@ -24,7 +24,14 @@ from dreamdist.classify.outputs import (
     save_classifier,
     write_json,
 )
-from dreamdist.classify.train import Classifier, Evaluation, evaluate, torch_threads, train_classifier
+from dreamdist.classify.train import (
+    Classifier,
+    Evaluation,
+    evaluate,
+    resolve_device,
+    torch_threads,
+    train_classifier,
+)
 
 
 @dataclass
@@ -78,6 +85,7 @@ def classify(
     writes ``classifier.safetensors``, ``report.json`` and ``confusion.png`` there.
     """
     config = config or ClassifyConfig()
+    resolve_device(config.device)  # an unavailable device fails before any image is read
     start = time.perf_counter()
     with torch_threads(config.threads):
         train_set = load_class_folders(train, config.image_size, threads=config.threads, progress=config.progress)

@@ -222,6 +222,8 @@ def evaluate(
             test = load_class_folders(test, classifier.image_size, classifier.classes, threads, progress)
     elif test.classes != classifier.classes:
         raise ValueError(f"test classes {test.classes} differ from the training classes {classifier.classes}")
+    elif test.image_size != classifier.image_size:
+        raise ValueError(f"test images are {test.image_size} px; the classifier takes {classifier.image_size} px")
     with torch_threads(classifier.config.threads):
         logits = predict_logits(classifier, test.pixels, batch_size)  # (N, C)
     k = min(TOP_K, len(classifier.classes))
