@@ -10,6 +10,8 @@ same files.
 
 from __future__ import annotations
 
+import logging
+
 from tqdm.auto import tqdm
 
 from dreamdist.synth.config import SynthConfig
@@ -96,6 +98,9 @@ def run_ray(config: SynthConfig, plan: Plan, folder: SynthFolder) -> int:
         import ray
     except ImportError:
         raise ImportError("--engine ray needs Ray: pip install 'dreamdist[ray]'") from None
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # our bar shows the progress; -v shows Ray's
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        ray.data.DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized():
         ray.init(address=config.ray_address, log_to_driver=False)
     blocks = plan.blocks()
@@ -116,11 +121,29 @@ def run_ray(config: SynthConfig, plan: Plan, folder: SynthFolder) -> int:
     missing = sum(_key(plan, k) not in done for j in ids for k in blocks[j])
     made = 0
     with folder.writer(0) as writer, _bar(config, plan.total, plan.total - missing, "synth (ray)") as bar:
-        for item in dataset.iter_rows():
-            row = json.loads(item["row"])
-            if (row["class"], row["index"]) in done:
-                continue
-            writer.write(row, item["png"])
-            made += 1
-            bar.update(1)
+        try:
+            for item in dataset.iter_rows():
+                row = json.loads(item["row"])
+                if (row["class"], row["index"]) in done:
+                    continue
+                writer.write(row, item["png"])
+                made += 1
+                bar.update(1)
+        except ray.exceptions.RayError as exc:  # bad input seen by a worker: one line, as in the local engine
+            cause = _cause(exc)
+            if isinstance(cause, (ValueError, OSError)):
+                raise type(cause)(f"a Ray worker failed: {cause}") from exc
+            raise
     return made
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The innermost exception a Ray error wraps (task or actor constructor)."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if inner is None:
+            break
+        exc = inner
+    return exc
