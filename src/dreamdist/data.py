@@ -72,6 +72,7 @@ def open_image(path: str | Path, min_side: int = MIN_SIDE, max_pixels: int = MAX
     path = Path(path)
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL's notes on damaged metadata: the reason is ours
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
