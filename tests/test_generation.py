@@ -147,3 +147,100 @@ def test_corrupt_or_foreign_artifact_is_a_clear_error(tmp_path):
         load_artifact(tmp_path / "foreign.safetensors")
     with pytest.raises(FileNotFoundError, match="finished run"):
         load_artifact(tmp_path)
+
+
+# ---------------------------------------------------------------- streaming, resuming, caller's backbone, mixing
+def mtimes(folder):
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png") if p.name != "grid.png"}
+
+
+def test_a_rerun_skips_written_images_and_redoes_only_what_is_missing(runs, tmp_path):
+    first = gen(tmp_path, [runs["a"]], num_images=5, batch_size=2)
+    before = {p.name: p.read_bytes() for p in first.paths}
+    stamps = mtimes(tmp_path)
+    again = gen(tmp_path, [runs["a"]], num_images=5, batch_size=2)
+    assert again.reused == 5 and mtimes(tmp_path) == stamps  # nothing regenerated
+    # a run killed after image 3's file but before its row, with a torn manifest line
+    manifest = tmp_path / "manifest.jsonl"
+    lines = manifest.read_text().splitlines(keepends=True)
+    manifest.write_text("".join(lines[:3]) + lines[3][:20])
+    (tmp_path / "00004.png").unlink()
+    resumed = gen(tmp_path, [runs["a"]], num_images=5, batch_size=2)
+    assert resumed.reused == 3
+    assert mtimes(tmp_path)["00000.png"] == stamps["00000.png"]
+    assert {p.name: p.read_bytes() for p in resumed.paths} == before  # same blocks, same bits
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
+    more = gen(tmp_path, [runs["a"]], num_images=7, batch_size=2)  # a longer run continues
+    assert more.reused == 5 and len(more.paths) == 7
+
+
+def test_another_request_in_the_same_folder_replaces_the_images(runs, tmp_path):
+    gen(tmp_path, [runs["a"]], num_images=3, gamma=1.0)
+    before = (tmp_path / "00000.png").read_bytes()
+    other = gen(tmp_path, [runs["a"]], num_images=2, gamma=3.0)
+    assert other.reused == 0 and (tmp_path / "00000.png").read_bytes() != before
+    assert not (tmp_path / "00002.png").exists()  # the old request's files are gone
+    assert len((tmp_path / "manifest.jsonl").read_text().splitlines()) == 2
+
+
+def test_the_grid_shows_the_first_images_only(runs, tmp_path, monkeypatch):
+    import dreamdist.generation as generation
+
+    monkeypatch.setattr(generation, "GRID_IMAGES", 2)
+    result = gen(tmp_path, [runs["a"]], num_images=5)
+    from PIL import Image
+
+    with Image.open(result.grid) as grid:
+        width, height = result.images[0].size
+        assert grid.size == (2 * width, height)
+
+
+def test_generate_never_changes_a_backbone_passed_in(tiny_model, backbone, tmp_path):
+    from dreamdist.methods.textual_inversion import TextualInversionConfig
+
+    run = train(
+        TrainConfig(
+            images=str(write_images(tmp_path / "refs", 2)),
+            model=str(tiny_model),
+            out=str(tmp_path / "ti"),
+            method="textual-inversion",
+            steps=2,
+            progress=False,
+        ),
+        TextualInversionConfig(init_word="toy", token="<thing>"),
+    )
+    vocab, table = len(backbone.tokenizer), backbone.token_embedding.weight.detach().clone()
+    config = dict(artifacts=[str(run)], num_images=2, num_inference_steps=2, progress=False)
+    shared = generate(GenerateConfig(out=str(tmp_path / "shared"), **config), backbone=backbone)
+    assert len(backbone.tokenizer) == vocab and "<thing>" not in backbone.tokenizer.get_vocab()
+    assert torch.equal(backbone.token_embedding.weight, table)
+    own = generate(GenerateConfig(out=str(tmp_path / "own"), **config))
+    assert [p.read_bytes() for p in shared.paths] == [p.read_bytes() for p in own.paths]
+
+
+def test_mixing_honours_class_name(tiny_model, runs, backbone, tmp_path):
+    from dreamdist.methods.dreamdistribution import prompt_sampler
+
+    for name, seed in (("cat", 1), ("dog", 2)):
+        write_images(tmp_path / "refs" / name, 2, seed=seed)
+    multi = train(
+        TrainConfig(
+            images=str(tmp_path / "refs"), model=str(tiny_model), out=str(tmp_path / "m"), steps=2, multiclass=True
+        ),
+        SMALL,
+    )
+    arts = [load_artifact(multi), load_artifact(runs["b"])]
+
+    def mean(class_name):
+        config = GenerateConfig(
+            out="x", artifacts=["m", "b"], weights=[0.5, 0.5], class_name=class_name, sampler="gaussian", gamma=0
+        )
+        return prompt_sampler(backbone, arts, config)(0, torch.Generator().manual_seed(0))[0]
+
+    cat, dog = mean("cat"), mean("dog")
+    assert not torch.allclose(cat, dog)  # each class's row is mixed, not always the first
+    with pytest.raises(ValueError, match="pick the one to mix with --class-name"):
+        mean(None)
+    with pytest.raises(ValueError, match="'horse' is not in"):
+        mean("horse")
