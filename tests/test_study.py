@@ -332,3 +332,29 @@ def test_report_text_and_out_folder(study, tmp_path, capsys):
     with Image.open(out / "preference.png") as plot:
         assert plot.size[0] > 500
     assert "```" in (out / "report.md").read_text()
+
+
+def test_per_rater_limit_and_even_coverage(tmp_path):
+    red = color_folder(tmp_path / "red", RED, 2)
+    blue = color_folder(tmp_path / "blue", BLUE, 2)
+    path = tmp_path / "s.sqlite"
+    create_study(path, [ImageSource("a", red), ImageSource("b", blue)], n_pairs=4, per_rater=2)
+    conn = store.open_study(path)
+    for _ in range(4):
+        rater = store.register_rater(conn)
+        for _ in range(2):
+            shown = store.next_pair(conn, rater)
+            assert store.record_vote(conn, rater, shown[0], "left").total == 2
+        assert store.next_pair(conn, rater) is None and store.progress(conn, rater).finished
+        voted = {
+            t
+            for (t,) in conn.execute(
+                "SELECT p.token FROM votes v JOIN pairs p ON p.id = v.pair_id WHERE rater = ?", (rater,)
+            )
+        }
+        unvoted = next(t for (t,) in conn.execute("SELECT token FROM pairs") if t not in voted)
+        with pytest.raises(store.VoteRefused, match="are done"):
+            store.record_vote(conn, rater, unvoted, "right")
+    counts = [n for (n,) in conn.execute("SELECT COUNT(*) FROM votes GROUP BY pair_id")]
+    conn.close()
+    assert counts == [2, 2, 2, 2]  # the next pair is the least voted one: 8 votes spread over 4 pairs
