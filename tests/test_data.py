@@ -133,3 +133,17 @@ def test_real_cathedral_photos_load():
     data = ReferenceSet.from_folder(CATHEDRAL, 64)
     assert len(data.report.kept) == 23 and not data.report.skipped
     assert data.pixels.shape == (23, 3, 64, 64)
+
+
+def test_reference_sets_hold_paths_not_pixels_and_stream_chunks(tmp_path):
+    for c in range(3):
+        write_images(tmp_path / f"class_{c}", 7, seed=c)
+    data = ReferenceSet.from_folder(tmp_path, 32, multiclass=True)
+    held = [v for v in vars(data).values() if isinstance(v, torch.Tensor)]
+    assert [t.shape for t in held] == [(21,)]  # the labels only: no class's pixels stay in memory
+    chunks = list(data.iter_pixels(chunk=8))
+    assert [len(c) for c in chunks] == [8, 8, 5]
+    assert torch.equal(torch.cat(chunks), data.pixels)
+    (tmp_path / "class_1" / "img_03.png").write_bytes(b"gone")
+    with pytest.raises(ValueError, match="changed after it was checked"):
+        data.pixels

@@ -116,21 +116,31 @@ def list_image_files(folder: str | Path) -> tuple[list[Path], list[tuple[Path, s
 
 
 def load_image_folder(
-    folder: str | Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS
+    folder: str | Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS, keep: bool = True
 ) -> tuple[list[Image.Image], LoadReport]:
-    """Load every usable image of ``folder`` as RGB; raise ``NoUsableImagesError`` if none is left."""
+    """Load every usable image of ``folder`` as RGB; raise ``NoUsableImagesError`` if none is left.
+
+    ``keep=False`` decodes each file to check it but returns no images (only the report).
+    """
     files, passed = list_image_files(folder)
     report = LoadReport(skipped=list(passed))
     images = []
     for path in files:
         try:
-            images.append(open_image(path, min_side=min_side, max_pixels=max_pixels))
+            image = open_image(path, min_side=min_side, max_pixels=max_pixels)
             report.kept.append(path)
+            if keep:
+                images.append(image)
         except ValueError as exc:
             report.skipped.append((path, str(exc)))
-    if not images:
+    if not report.kept:
         raise NoUsableImagesError(f"no usable image in {folder}.\n{report.summary()}")
     return images, report
+
+
+def check_image_folder(folder: str | Path) -> LoadReport:
+    """Decode every file of ``folder`` once to tell usable from unusable; keep no pixels."""
+    return load_image_folder(folder, keep=False)[1]
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -163,45 +173,60 @@ def images_fingerprint(paths: list[Path]) -> str:
 
 @dataclass
 class ReferenceSet:
-    """Validated reference images of one or more concepts, resized and cropped for training.
+    """Validated reference images of one or more concepts, read for training at ``size`` x ``size``.
 
-    ``pixels`` (N, 3, size, size) in [-1, 1]; ``labels`` (N,) concept index into ``class_names``.
+    Only paths and labels are held: pixels are decoded again, a chunk at a time, when they are
+    needed (``iter_pixels``), so a multi-class folder never sits in memory as a whole.
+    ``labels`` (N,) index into ``class_names``.
     """
 
-    pixels: torch.Tensor
+    paths: list[Path]
     labels: torch.Tensor
     class_names: list[str]
     fingerprint: str
     report: LoadReport
+    size: int
     multiclass: bool = False
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def iter_pixels(self, chunk: int = 16):
+        """Yield (n, 3, size, size) tensors in [-1, 1], ``chunk`` images at a time, in order."""
+        for start in range(0, len(self.paths), chunk):
+            yield torch.stack([self._pixels(path) for path in self.paths[start : start + chunk]])
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        """All images at once (N, 3, size, size): for small sets and tests; training streams them."""
+        return torch.cat(list(self.iter_pixels()))
+
+    def _pixels(self, path: Path) -> torch.Tensor:
+        try:
+            image = open_image(path)
+        except ValueError as exc:
+            raise ValueError(f"{path} changed after it was checked and is no longer usable: {exc}") from None
+        return image_to_tensor(resize_center_crop(image, self.size))
 
     @classmethod
     def from_folder(cls, folder: str | Path, size: int, multiclass: bool = False) -> ReferenceSet:
         """One concept from a folder, or (``multiclass``) one concept per sub-folder name."""
         folder = Path(folder)
         if not multiclass:
-            images, report = load_image_folder(folder)
-            pixels = torch.stack([image_to_tensor(resize_center_crop(im, size)) for im in images])
-            labels = torch.zeros(len(images), dtype=torch.long)
-            return cls(pixels, labels, [folder.name], images_fingerprint(report.kept), report)
+            report = check_image_folder(folder)
+            labels = torch.zeros(len(report.kept), dtype=torch.long)
+            return cls(list(report.kept), labels, [folder.name], images_fingerprint(report.kept), report, size)
         if not folder.is_dir():
             raise NoUsableImagesError(f"{folder} is not a folder of class sub-folders")
         subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not subfolders:
             raise NoUsableImagesError(f"multi-class mode needs one sub-folder per class in {folder}; found none")
-        all_pixels, all_labels, report = [], [], LoadReport()
+        labels, report = [], LoadReport()
         for index, sub in enumerate(subfolders):
-            images, sub_report = load_image_folder(sub)
+            sub_report = check_image_folder(sub)
             report.kept += sub_report.kept
             report.skipped += sub_report.skipped
-            all_pixels += [image_to_tensor(resize_center_crop(im, size)) for im in images]
-            all_labels += [index] * len(images)
+            labels += [index] * len(sub_report.kept)
         names = [sub.name.replace("_", " ") for sub in subfolders]
-        return cls(
-            torch.stack(all_pixels),
-            torch.tensor(all_labels),
-            names,
-            images_fingerprint(report.kept),
-            report,
-            multiclass=True,
-        )
+        fingerprint = images_fingerprint(report.kept)
+        return cls(list(report.kept), torch.tensor(labels), names, fingerprint, report, size, multiclass=True)

@@ -129,7 +129,7 @@ class CustomDiffusion(Method):
         cfg = self.config
         self.backbone = backbone
         # from the frozen model, before anything changes
-        self.prior = prior_from_config(backbone, run_dir, cfg, data.pixels.shape[-1])
+        self.prior = prior_from_config(backbone, run_dir, cfg, data.size)
         if self.prior is not None:
             with torch.no_grad():
                 self.class_hidden = backbone.encode_ids(self.prior.ids)  # (1, L, d)

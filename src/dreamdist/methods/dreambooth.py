@@ -103,7 +103,7 @@ class DreamBooth(Method):
         cfg = self.config
         self.backbone = backbone
         # from the frozen model, before anything changes
-        self.prior = prior_from_config(backbone, run_dir, cfg, data.pixels.shape[-1])
+        self.prior = prior_from_config(backbone, run_dir, cfg, data.size)
         modules = {"unet": backbone.unet}
         if cfg.train_text_encoder:
             modules["text_encoder"] = backbone.text_encoder

@@ -57,10 +57,14 @@ class LatentCache:
     """VAE posteriors of every reference image, encoded once per augmentation variant."""
 
     def __init__(self, backbone: Backbone, data: ReferenceSet, flip: bool):
-        variants = [data.pixels] + ([data.pixels.flip(-1)] if flip else [])
-        encoded = [backbone.encode_images(pixels) for pixels in variants]
-        self.mean = torch.stack([m for m, _ in encoded])  # (V, N, C, h, w)
-        self.std = torch.stack([s for _, s in encoded])  # (V, N, C, h, w)
+        means, stds = [[] for _ in range(1 + flip)], [[] for _ in range(1 + flip)]
+        for pixels in data.iter_pixels():  # (n, 3, s, s): a chunk at a time, never the whole set
+            for v, variant in enumerate([pixels, pixels.flip(-1)][: 1 + flip]):
+                mean, std = backbone.encode_images(variant)
+                means[v].append(mean)
+                stds[v].append(std)
+        self.mean = torch.stack([torch.cat(m) for m in means])  # (V, N, C, h, w)
+        self.std = torch.stack([torch.cat(s) for s in stds])  # (V, N, C, h, w)
         self.labels = data.labels  # (N,)
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
