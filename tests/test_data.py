@@ -146,4 +146,4 @@ def test_reference_sets_hold_paths_not_pixels_and_stream_chunks(tmp_path):
     assert torch.equal(torch.cat(chunks), data.pixels)
     (tmp_path / "class_1" / "img_03.png").write_bytes(b"gone")
     with pytest.raises(ValueError, match="changed after it was checked"):
-        data.pixels
+        _ = data.pixels
