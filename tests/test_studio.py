@@ -149,6 +149,7 @@ def test_runs_folder_lists_cli_runs_and_reads_states(tmp_path):
     (root / "not-a-run").mkdir()
     assert [p.name for p in list_run_dirs(root)] == ["from-cli"]
     summary = run_summary(cli_run, "idle")
+    assert not summary["from_studio"]
     assert (summary["method"], summary["images"], summary["step"], summary["has_artifact"]) == (
         "dreamdistribution",
         "refs",
@@ -168,3 +169,23 @@ def test_log_tail_folds_progress_bar_redraws(tmp_path):
     (folder / WORKER_DIR).mkdir(parents=True)
     (folder / WORKER_DIR / "worker.log").write_bytes(b"start\n\r 1/3\r 2/3\r 3/3\nValueError: bad\n")
     assert log_tail(folder).splitlines() == ["start", " 3/3", "ValueError: bad"]
+
+
+def test_a_run_with_unusable_references_fails_with_the_trainers_message(tmp_path):
+    """The worker process reports the trainer's error on the page (state failed, one line)."""
+    from dreamdist.config import TrainConfig
+    from dreamdist.methods.dreamdistribution import DreamDistributionConfig
+
+    root, refs = tmp_path / "runs", tmp_path / "refs"
+    refs.mkdir()
+    (refs / "broken.png").write_bytes(b"not a png")
+    jobs = Jobs(root)
+    config = TrainConfig(images=str(refs), out=str(root / "bad"), steps=2, progress=False)
+    jobs.start("bad", config, DreamDistributionConfig(num_prompts=2))
+    assert jobs.state("bad") == "running"
+    jobs.processes["bad"].wait(120)
+    summary = run_summary(root / "bad", jobs.state("bad"))
+    assert summary["state"] == "failed" and summary["from_studio"]
+    assert "broken.png" in summary["error"], summary["error"]
+    with pytest.raises(FileExistsError, match="already exists"):
+        jobs.start("bad", config, DreamDistributionConfig(num_prompts=2))

@@ -6,6 +6,7 @@ The main CLI calls :func:`register` on its sub-parsers and then ``args.func(args
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -42,6 +43,7 @@ def cmd_studio(args: argparse.Namespace) -> int:
     print(f"dreamdist studio: http://{shown}:{port}/  (runs in {studio.root}; Ctrl-C to quit)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print("warning: the studio has no login; anyone who can reach this address can use it", file=sys.stderr)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the trainings with a checkpoint too
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -50,3 +52,7 @@ def cmd_studio(args: argparse.Namespace) -> int:
         server.server_close()
         studio.jobs.stop_all()
     return 0
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dreamdist.studio.runs import LOG, REQUEST, STATUS, WORKER_DIR, check_name, read_json, write_json
-from dreamdist.training.checkpoint import list_checkpoints
 
 
 class Jobs:
@@ -57,9 +56,7 @@ class Jobs:
             raise ValueError(f"{name!r} was not started from the studio; resume it with `dreamdist train ... --resume`")
         if self.state(name) == "running":
             raise ValueError(f"{name!r} is already running")
-        if not list_checkpoints(folder):
-            raise ValueError(f"{name!r} has no checkpoint to resume from yet; start a new run instead")
-        self._spawn(name, resume=True)
+        self._spawn(name, resume=True)  # without a checkpoint the trainer starts again from step 0
 
     def stop(self, name: str) -> None:
         """SIGTERM: the loop saves a checkpoint after the current step and exits."""

@@ -120,4 +120,5 @@ def run_summary(folder: Path, state: str) -> dict:
         "samples": [p.name for p in samples_of(folder)],
         "has_artifact": (folder / ARTIFACT_NAME).is_file(),
         "created": request.get("created"),
+        "from_studio": bool(request),  # the page can resume it (it knows the request)
     }

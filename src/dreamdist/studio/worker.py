@@ -9,6 +9,7 @@ button reaches the loop's own handler, which saves a checkpoint), appends one li
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,11 @@ def run(folder: Path, resume: bool) -> int:
         print(f"{folder / REQUEST} is missing or unreadable", file=sys.stderr)
         return 2
     write_json(status_path, {"state": "running", "resume": resume, "started": time.time()})
+
+    def early_stop(signum, _frame):  # before the loop's own handler is installed, and after it is removed
+        raise loop.TrainingInterrupted(f"stopped by signal {signum} outside the training steps", signum)
+
+    signal.signal(signal.SIGTERM, early_stop)
     try:
         config = TrainConfig(**{**request["train"], "resume": resume, "progress": True})
         method_config = get_method(config.method).config(**request["method"])

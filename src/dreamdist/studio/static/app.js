@@ -122,7 +122,7 @@ function runRow(run) {
     actions.appendChild(button);
   };
   if (run.state === "running") action("Stop", "stop");
-  if (["stopped", "interrupted", "failed"].includes(run.state) && run.checkpoints.length) action("Resume", "resume");
+  if (["stopped", "interrupted", "failed"].includes(run.state) && run.from_studio) action("Resume", "resume");
   row.appendChild(actions);
   row.addEventListener("click", () => { selectedRun = run.name; refreshRuns(); });
   return row;
