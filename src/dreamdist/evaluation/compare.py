@@ -7,11 +7,11 @@ scenario, i.e. reference set, in sub-folders). Std is the sample std (ddof = 1) 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dreamdist.atomic import atomic_write_json
 from dreamdist.evaluation.defaults import FEATURES_OF, METRICS
 from dreamdist.evaluation.report import fmt, label, read_report, require_matplotlib
 
@@ -190,7 +190,7 @@ def write_comparison(methods: list[MethodResults], warnings: list[str], out: str
         "std": "sample standard deviation over scenarios (ddof=1); null with one scenario",
         "warnings": warnings,
     }
-    (out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out / "comparison.json", summary)
     notes = "".join(f"\n- {w}" for w in warnings)
     markdown = f"# dreamdist compare\n\nMean ± std over scenarios.\n\n{table}" + (
         f"\nWarnings:{notes}\n" if notes else ""

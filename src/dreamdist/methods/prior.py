@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from dreamdist.atomic import atomic_write_json
 from dreamdist.backbone import Backbone
 from dreamdist.data import image_to_tensor, resize_center_crop
 
@@ -76,7 +77,7 @@ def class_images(
             for image, record in zip(images, records):
                 image.save(folder / f"{record['index']:05d}.png")
                 manifest.write(json.dumps({"file": f"{record['index']:05d}.png", **record}) + "\n")
-        (folder / "request.json").write_text(json.dumps({"request": request, "count": count}, indent=2) + "\n")
+        atomic_write_json(folder / "request.json", {"request": request, "count": count})
     return images
 
 

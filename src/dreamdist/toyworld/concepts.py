@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dreamdist.atomic import atomic_write_json
 from dreamdist.toyworld.attributes import BACKGROUNDS, COLOURS, SHAPES, Combo, combo_index, combo_names
 from dreamdist.toyworld.captions import make_caption
 from dreamdist.toyworld.render import render_images
@@ -164,7 +165,7 @@ def render_concept(
         "files": [p.name for p in paths],
         "combos": [list(combo_names(tuple(c))) for c in combos.tolist()],
     }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    atomic_write_json(folder / MANIFEST, manifest)
     return ReferenceSet(concept, folder, paths, combos)
 
 

@@ -13,7 +13,6 @@ samples). About 3 minutes on 2 CPU cores; ``quick=True`` is a reduced run for CI
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from dreamdist.atomic import atomic_write_json
 from dreamdist.toyworld.attributes import ATTRIBUTES
 from dreamdist.toyworld.concepts import ReferenceSet, get_concept, render_concept
 from dreamdist.toyworld.oracle import load_oracle
@@ -212,7 +212,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, concept: str = "cool-patt
         "run_dir": str(run_dir),
         "seconds": round(time.time() - start, 1),
     }
-    (out / "report.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(out / "report.json", result)
     print(f"saved {figure} and {out / 'report.json'} ({result['seconds']:.0f} s)", flush=True)
     return result
 
