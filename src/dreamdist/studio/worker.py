@@ -14,39 +14,18 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from dreamdist.studio.runs import PROGRESS, REQUEST, STATUS, WORKER_DIR, read_json, write_json
 
 
-def progress_bar_class(path: Path) -> type:
-    """A tqdm that also appends ``{"step", "total", "loss", "time"}`` to ``path`` whenever the loop
-    reports a loss (the loop calls ``update(1)`` then ``set_postfix(loss=...)`` after each step)."""
+def step_recorder(path: Path):
+    """``on_step`` for the trainer: append ``{"step", "total", "loss", "time"}`` to ``path`` per step."""
 
-    class RecordingBar(tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.studio_step = int(kwargs.get("initial", 0) or 0)
-            self.studio_total = kwargs.get("total")
+    def record(step: int, total: int, logs: dict) -> None:
+        row = {"step": step, "total": total, "loss": float(logs["loss"]), "time": time.time()}
+        with open(path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
 
-        def update(self, n=1):
-            self.studio_step += int(n or 0)
-            return super().update(n)
-
-        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
-            loss = {**(ordered_dict or {}), **kwargs}.get("loss")
-            if loss is not None:
-                record = {
-                    "step": self.studio_step,
-                    "total": self.studio_total,
-                    "loss": float(loss),
-                    "time": time.time(),
-                }
-                with open(path, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            return super().set_postfix(ordered_dict, refresh, **kwargs)
-
-    return RecordingBar
+    return record
 
 
 def run(folder: Path, resume: bool) -> int:
@@ -69,9 +48,7 @@ def run(folder: Path, resume: bool) -> int:
     try:
         config = TrainConfig(**{**request["train"], "resume": resume, "progress": True})
         method_config = get_method(config.method).config(**request["method"])
-        # record each step's loss: the loop has no callback, its progress bar sees every step
-        loop.tqdm = progress_bar_class(folder / WORKER_DIR / PROGRESS)
-        loop.train(config, method_config)
+        loop.train(config, method_config, on_step=step_recorder(folder / WORKER_DIR / PROGRESS))
     except loop.TrainingInterrupted as exc:
         write_json(status_path, {"state": "stopped", "message": str(exc), "time": time.time()})
         return 0

@@ -12,6 +12,7 @@ import math
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -156,8 +157,11 @@ def method_loss(
     return total, loss, logs
 
 
-def train(config: TrainConfig, method_config=None) -> Path:
+def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, dict], None] | None = None) -> Path:
     """Train ``config.method`` on ``config.images``; return the run folder holding the artifact.
+
+    ``on_step(step, total_steps, logs)`` is called on the main process after every optimizer step
+    (``logs``: the loss, the method's extra scalars and the learning rate), e.g. for live plots.
 
     Raises ``TrainingInterrupted`` after saving a checkpoint when SIGINT/SIGTERM arrives, and
     ``TrainingAborted`` after ``max_nonfinite`` consecutive non-finite losses.
@@ -270,8 +274,11 @@ def train(config: TrainConfig, method_config=None) -> Path:
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                logs["lr"] = optimizer.param_groups[0]["lr"]
                 if config.tensorboard:
-                    accelerator.log({**logs, "lr": optimizer.param_groups[0]["lr"]}, step=step)
+                    accelerator.log(logs, step=step)
+                if on_step is not None and accelerator.is_main_process:
+                    on_step(step, total_steps, logs)
                 periodic = config.checkpoint_every and step % config.checkpoint_every == 0
                 if (periodic or step in extra_checkpoints) and step < total_steps:
                     checkpoint()
