@@ -77,8 +77,8 @@ def test_vote_in_chromium_survive_a_killed_server_and_report_the_right_sets(tmp_
             page = browser.new_page()
             page.on("response", keep)
             page.goto(url)
-            assert page.get_by_role("heading").inner_text() == "Which is closer?"
-            assert page.get_by_role("img", name="Reference image 3").is_visible()
+            sync_api.expect(page.get_by_role("heading")).to_have_text("Which is closer?")
+            sync_api.expect(page.get_by_role("img", name="Reference image 3")).to_be_visible()
             for k in range(8):
                 if k == 4:  # four votes acknowledged: kill the server, start it again, reload
                     assert saved_votes(study) == 4

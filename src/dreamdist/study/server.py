@@ -117,6 +117,10 @@ class StudyHandler(BaseHTTPRequestHandler):
             self._next()
         elif path.startswith("/img/"):
             self._image(path[len("/img/") :])
+        elif path == "/favicon.ico":  # browsers ask on their own; nothing to show
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         else:
             self._error(404, "not found")
 
