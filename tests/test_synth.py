@@ -97,8 +97,8 @@ def baseline(job, tmp_path_factory):
 def test_kept_set_is_the_top_k_of_the_manifest_scores_and_only_it_is_on_disk(baseline):
     manifest = rows(baseline)
     assert len(manifest) == 3 * 4  # one row per GENERATED image
-    assert sorted({r["class"] for r in manifest}) == ["cat", "dog", "red toy"]
-    for name in ("cat", "dog", "red toy"):
+    assert sorted({r["class"] for r in manifest}) == ["cat", "dog", "red_toy"]
+    for name in ("cat", "dog", "red_toy"):
         members = [r for r in manifest if r["class"] == name]
         assert sorted(r["index"] for r in members) == [0, 1, 2, 3]
         best = sorted(members, key=lambda r: -r["score"])[:2]
@@ -110,7 +110,7 @@ def test_kept_set_is_the_top_k_of_the_manifest_scores_and_only_it_is_on_disk(bas
     seeds = [r["seed"] for r in manifest]
     assert len(set(seeds)) == len(seeds) and seeds[4] == MAX_PER_CLASS  # class 1 starts at 2**20
     top = sorted(p.name for p in baseline.iterdir())
-    assert top == ["cat", "dog", "manifest.jsonl", "red toy", "synth.json"]  # an ImageFolder, nothing else
+    assert top == ["cat", "dog", "manifest.jsonl", "red_toy", "synth.json"]  # an ImageFolder, nothing else
 
 
 def test_an_image_is_the_same_whatever_the_batch_size(job, baseline, tmp_path):
@@ -191,10 +191,13 @@ def test_webdataset_shards_hold_the_kept_images(job, baseline, tmp_path):
 
 def test_one_single_class_run_per_class(job, tmp_path):
     argv = ["synth", "--run", f"dog={job['dog']}", f"cat={job['cat']}", "--out", str(tmp_path / "ds")]
+    argv += ["--run", f"red_toy={job['multi']}"]  # a class of a multi-class run, by its folder name
     argv += ["--per-class", "2", "--filter", "none", "--num-inference-steps", "2", "--no-progress"]
     assert main(argv) == 0
     manifest = rows(tmp_path / "ds")
-    assert [(r["class"], r["index"]) for r in manifest] == [("cat", 0), ("cat", 1), ("dog", 0), ("dog", 1)]
+    classes = [(r["class"], r["index"]) for r in manifest]
+    assert classes == [("cat", 0), ("cat", 1), ("dog", 0), ("dog", 1), ("red_toy", 0), ("red_toy", 1)]
+    assert manifest[4]["prompt"] == "red toy"  # the multi-class run's prompt names its class
     result = generate(
         GenerateConfig(
             out=str(tmp_path / "gen"),

@@ -36,7 +36,7 @@ def synth(config: SynthConfig) -> SynthResult:
 
     plan = build_plan(config)
     folder = SynthFolder(config, plan)
-    classes = [c.name for c in plan.classes]
+    classes = [c.folder for c in plan.classes]
     if folder.open():
         return SynthResult(folder.out, 0, True, classes, config.keep, folder.out / MANIFEST)
     engine = run_ray if config.engine == "ray" else run_local

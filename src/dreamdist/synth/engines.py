@@ -26,7 +26,7 @@ def _todo(plan: Plan, blocks: list[list[int]], done: dict) -> list[list[int]]:
 
 def _key(plan: Plan, k: int) -> tuple[str, int]:
     position, index = plan.item(k)
-    return plan.classes[position].name, index
+    return plan.classes[position].folder, index
 
 
 def _bar(config: SynthConfig, total: int, done: int, desc: str) -> tqdm:

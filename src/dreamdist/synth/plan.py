@@ -18,8 +18,10 @@ from dreamdist.synth.config import MAX_PER_CLASS, SynthConfig
 
 @dataclass(frozen=True)
 class ClassSource:
-    """One class of the dataset: its name, the artifact that holds it, and its row there."""
+    """One class of the dataset: its folder (ImageFolder label), its name in words (the artifact's class
+    name, or the folder with '_' read as spaces), the artifact that holds it, and its row there."""
 
+    folder: str
     name: str
     artifact: str
     row: int
@@ -58,9 +60,6 @@ class Plan:
             if j % world_size == rank
         ]
 
-    def position(self, name: str) -> int:
-        return [c.name for c in self.classes].index(name)
-
 
 def check_folder_name(name: str, where: str) -> None:
     """Class names become folder names: refuse what cannot be one."""
@@ -68,20 +67,24 @@ def check_folder_name(name: str, where: str) -> None:
         raise ValueError(f"class name {name!r} ({where}) cannot be a folder name; rename the class")
 
 
-def _source(artifact: Artifact, class_name: str | None) -> ClassSource:
-    """The class ``class_name`` of a loaded artifact (a single-class run: its only class, named ``class_name``)."""
+def _source(artifact: Artifact, folder: str | None = None, row: int = 0) -> ClassSource:
+    """Class ``row`` of a multi-class artifact, or (``folder`` given, from --run) the class named by
+    ``folder``: its row in a multi-class artifact, the only class of a single-class one."""
     if artifact.method != "dreamdistribution":
         raise ValueError(f"{artifact.path} is a {artifact.method} run; synth samples DreamDistribution runs")
     names = artifact.meta["class_names"]
     multiclass = bool(artifact.meta.get("multiclass"))
-    row = 0
-    if multiclass and class_name is not None:
-        if class_name not in names:
-            raise ValueError(f"class {class_name!r} is not in {artifact.path}; its classes: {names}")
-        row = names.index(class_name)
-    name = class_name if class_name is not None else names[row]
+    if folder is None:
+        name, folder = names[row], names[row].replace(" ", "_")  # training read '_' in folder names as spaces
+    elif multiclass:
+        matches = [i for i, n in enumerate(names) if n in (folder, folder.replace("_", " "))]
+        if not matches:
+            raise ValueError(f"class {folder!r} is not in {artifact.path}; its classes: {names}")
+        row, name = matches[0], names[matches[0]]
+    else:
+        name = folder.replace("_", " ")
     model_id = artifact.meta["backbone"]["model_id"]
-    return ClassSource(name, str(artifact.path), row, multiclass, artifact.sha256(), model_id)
+    return ClassSource(folder, name, str(artifact.path), row, multiclass, artifact.sha256(), model_id)
 
 
 def parse_runs(items: list[str]) -> dict[str, str]:
@@ -108,12 +111,12 @@ def build_plan(config: SynthConfig) -> Plan:
                 f"{config.artifact} is a single-class run; synth needs a multi-class run (train --multiclass on a "
                 f"folder of class sub-folders) or one run per class: --run {name}={config.artifact} --run OTHER=RUN ..."
             )
-        classes = [_source(artifact, name) for name in names]
+        classes = [_source(artifact, row=row) for row in range(len(names))]
     else:
         runs = sorted(parse_runs(config.run).items())
         classes = [_source(load_artifact(path, config.allow_pickle), name) for name, path in runs]
     for source in classes:
-        check_folder_name(source.name, source.artifact)
+        check_folder_name(source.folder, source.artifact)
     models = {c.model_id for c in classes}
     if len(models) > 1 and config.model is None:
         raise ValueError(f"the runs were trained on different backbones {sorted(models)}; synth needs one")
@@ -130,4 +133,4 @@ def process_rank() -> tuple[int, int]:
 
 def file_of(source: ClassSource, index: int) -> str:
     """The image's path inside the dataset folder."""
-    return str(Path(source.name) / f"{index:06d}.png")
+    return str(Path(source.folder) / f"{index:06d}.png")

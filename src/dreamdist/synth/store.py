@@ -32,14 +32,16 @@ WORK, TRASH = ".synth-work", ".synth-work.trash"
 MANIFEST, REQUEST = "manifest.jsonl", "synth.json"
 FORMAT_VERSION = 1
 
-Key = tuple[str, int]  # (class name, image index)
+Key = tuple[str, int]  # (class folder, image index)
 
 
 def request_of(config: SynthConfig, plan: Plan) -> dict:
     """Everything that decides the dataset's bytes (not the batch size, process count or engine)."""
     request = {
         "format_version": FORMAT_VERSION,
-        "classes": [{"name": c.name, "artifact_sha256": c.sha256, "row": c.row} for c in plan.classes],
+        "classes": [
+            {"folder": c.folder, "name": c.name, "artifact_sha256": c.sha256, "row": c.row} for c in plan.classes
+        ],
         "model": config.model or plan.classes[0].model_id,
         "dtype": config.dtype,
         "per_class": config.per_class,
@@ -165,7 +167,7 @@ class SynthFolder:
             done = self.done()
             if len(done) < self.plan.total:
                 return False
-            order = [(c.name, i) for c in self.plan.classes for i in range(self.plan.per_class)]
+            order = [(c.folder, i) for c in self.plan.classes for i in range(self.plan.per_class)]
             rows = [done[key] for key in order]
             kept = select_kept(rows, self.config.keep, self.config.filter == "clip")
             chosen = [row for row in rows if (row["class"], row["index"]) in kept]
@@ -198,7 +200,7 @@ class SynthFolder:
         """
         order = list(kept)
         random.Random(self.config.seed).shuffle(order)
-        positions = {c.name: p for p, c in enumerate(self.plan.classes)}
+        positions = {c.folder: p for p, c in enumerate(self.plan.classes)}
         files = {}
         size = self.config.shard_size
         for start in range(0, len(order), size):
@@ -213,7 +215,7 @@ class SynthFolder:
 
     def _write_tar(self, path: Path, members: list[tuple[str, dict]]) -> None:
         """One shard through a temporary file and a rename; fixed metadata, so equal input gives equal bytes."""
-        positions = {c.name: p for p, c in enumerate(self.plan.classes)}
+        positions = {c.folder: p for p, c in enumerate(self.plan.classes)}
         tmp = temporary_path(path)
         try:
             with open(tmp, "wb") as handle:

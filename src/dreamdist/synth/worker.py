@@ -76,7 +76,7 @@ class BlockRenderer:
         out = []
         for (position, index), seed, score, image, info in zip(items, seeds, scores, images, infos):
             source = self.plan.classes[position]
-            row = {"class": source.name, "index": index, "seed": seed, "score": score, "file": file_of(source, index)}
+            row = {"class": source.folder, "index": index, "seed": seed, "score": score, "file": file_of(source, index)}
             row.update({key: info[key] for key in ("prompt", "component") if key in info})
             out.append((row, png_bytes(image)))
         return out
