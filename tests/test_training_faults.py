@@ -10,8 +10,10 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dreamdist.artifact import load_artifact
 from dreamdist.cli import main
@@ -192,3 +194,12 @@ def test_a_second_signal_stops_at_once(refs, tiny_model, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
     assert done.returncode == 128 + signal.SIGINT, done.stderr
     assert "second signal" in done.stderr
+
+
+def test_validation_prompt_drives_the_sample_grids(refs, tiny_model, tmp_path):
+    def grid(name, **kw):
+        out = train(config(refs, tiny_model, tmp_path / name, steps=1, sample_every=1, **kw), SMALL)
+        return np.asarray(Image.open(out / "samples" / "step-0000001.png"))
+
+    plain, edited = grid("plain"), grid("edited", validation_prompt="a photo of {} at night")
+    assert plain.shape == edited.shape and np.abs(plain.astype(int) - edited.astype(int)).mean() > 1
