@@ -1,7 +1,12 @@
 """Backbone: the frozen parts of a diffusers Stable Diffusion checkpoint, and the only code that
-touches CLIP text-encoder internals.
+touches CLIP text-encoder internals (with ``backbone_sdxl`` for SDXL's two encoders).
 
-Works for any SD 1.x / 2.x checkpoint (hub id or local folder, epsilon or v-prediction).
+Works for any SD 1.x / 2.x checkpoint (hub id or local folder, epsilon or v-prediction);
+``from_pretrained`` returns an ``SDXLBackbone`` for SDXL folders.
+
+*Prompt features* are what a method hands the UNet for one prompt: on SD 1.x/2.x the per-token
+features (L, d); on SDXL the per-token features plus one row holding the pooled embedding
+(``backbone_sdxl``). ``split_features`` and ``unet_forward`` are the only readers of that layout.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class Backbone:
     scheduler_config: dict = field(default_factory=dict)  # the checkpoint's own (inference) scheduler
     generation_defaults: dict = field(default_factory=dict)  # optional <model>/dreamdist.json
 
+    family = "sd"  # backbone family recorded in artifacts: "sd" (1.x / 2.x) or "sdxl"
+
     def __post_init__(self) -> None:
         if not self.scheduler_config:
             self.scheduler_config = dict(self.scheduler.config)
@@ -93,6 +100,10 @@ class Backbone:
             )
         device = pick_device(str(device) if device is not None else None)
         torch_dtype = pick_dtype(dtype, device)
+        if detect_family(path) == "sdxl":
+            from dreamdist.backbone_sdxl import load_sdxl
+
+            return load_sdxl(path, str(model), device, torch_dtype, allow_pickle)
         # safetensors only; with allow_pickle the libraries fall back to .bin, read with weights_only=True
         safe = {} if allow_pickle else {"use_safetensors": True}
         try:
@@ -122,7 +133,7 @@ class Backbone:
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Backbone:
         """Move the frozen modules to ``device`` and ``dtype`` (one dtype, as the pipeline expects)."""
-        for module in (self.text_encoder, self.unet, self.vae):
+        for module in (*self.text_encoders, self.unet, self.vae):
             if module.dtype == dtype:
                 module.to(device)
             else:
@@ -140,9 +151,43 @@ class Backbone:
         return self.unet.dtype
 
     @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        """Every text encoder, in the pipeline's order."""
+        return [self.text_encoder]
+
+    @property
+    def tokenizers(self) -> list[CLIPTokenizer]:
+        """The tokenizer of each text encoder (same order as ``text_encoders``)."""
+        return [self.tokenizer]
+
+    @property
     def token_embedding(self) -> torch.nn.Embedding:
         """The text encoder's token-embedding table, (vocab, d_tok)."""
         return self.text_encoder.get_input_embeddings()
+
+    @property
+    def token_dim(self) -> int:
+        """Width of one token vector (SDXL: both encoders' widths, concatenated)."""
+        return int(self.token_embedding.weight.shape[1])
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """(..., L) token ids -> (..., L, d_tok) token embeddings (the input of ``encode_prompt_embeds``)."""
+        return self.token_embedding(ids)
+
+    def token_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N,) ids -> (N, d_tok) fp32 CPU copies of their embedding rows."""
+        table = self.token_embedding.weight
+        return table[ids.to(table.device)].detach().float().cpu()
+
+    def set_token_rows(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Write ``vectors`` (N, d_tok) into the embedding table(s) at ``ids`` (N,)."""
+        table = self.token_embedding.weight
+        with torch.no_grad():
+            table[ids.to(table.device)] = vectors.to(table.device, table.dtype)
+
+    def token_parts(self, vectors: torch.Tensor) -> list[torch.Tensor]:
+        """(N, d_tok) token vectors -> one (N, d_i) slice per text encoder."""
+        return [vectors]
 
     @property
     def sample_size(self) -> int:
@@ -201,11 +246,19 @@ class Backbone:
 
     def encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, L, d) features, through the same path as learned prompts."""
-        return self.encode_prompt_embeds(self.token_embedding(ids), self.eos_positions(ids))[0]
+        return self.encode_prompt_embeds(self.embed_tokens(ids), self.eos_positions(ids))[0]
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Plain prompts -> (B, L, d) features."""
         return self.encode_ids(self.tokenize(texts))
+
+    def split_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompt features -> (per-token features for ``prompt_embeds``, pooled embedding or None)."""
+        return features, None
+
+    def unet_forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction for (N, C, h, w) noisy latents, (N,) timesteps and (N, ...) prompt features."""
+        return self.unet(noisy, timesteps, encoder_hidden_states=features.to(self.unet.dtype)).sample
 
     # ---------------------------------------------------------------- images
     @torch.no_grad()
@@ -245,12 +298,12 @@ class Backbone:
     # ---------------------------------------------------------------- identity
     def identity(self) -> dict:
         """Facts that must match when an artifact is loaded onto this backbone."""
-        table = self.token_embedding.weight
         return {
             "model_id": self.model_id,
-            "vocab_size": int(table.shape[0]),
-            "token_dim": int(table.shape[1]),
-            "hidden_dim": int(self.text_encoder.config.hidden_size),
+            "family": self.family,
+            "vocab_size": int(self.text_encoder.get_input_embeddings().weight.shape[0]),
+            "token_dim": self.token_dim,
+            "hidden_dim": sum(int(encoder.config.hidden_size) for encoder in self.text_encoders),
             "max_length": int(self.tokenizer.model_max_length),
             "cross_attention_dim": int(self.unet.config.cross_attention_dim),
             "prediction_type": self.prediction_type,
@@ -259,13 +312,20 @@ class Backbone:
 
     def probe_rows(self) -> torch.Tensor:
         """(PROBE_ROWS, d_tok) fp32 rows spread over the vocabulary: a dtype-robust fingerprint."""
-        table = self.token_embedding.weight
-        index = torch.linspace(0, table.shape[0] - 1, PROBE_ROWS).long().to(table.device)
-        return table[index].detach().float().cpu()
+        vocab = self.text_encoder.get_input_embeddings().weight.shape[0]
+        return self.token_rows(torch.linspace(0, vocab - 1, PROBE_ROWS).long())
 
     def check_compatible(self, identity: dict, probe: torch.Tensor | None, what: str) -> None:
         """Raise ``BackboneMismatchError`` if ``what`` (an artifact) was made on another backbone."""
         mine = self.identity()
+        family = identity.get("family", "sd")  # artifacts from before SDXL support are SD 1.x/2.x
+        if family != self.family:
+            raise BackboneMismatchError(
+                f"{what} was trained on an {FAMILY_NAMES.get(family, family)} backbone ({identity.get('model_id')!r}), "
+                f"but {self.model_id!r} is an {FAMILY_NAMES[self.family]} backbone. "
+                f"Load it with --model {identity.get('model_id')!r} (or another {FAMILY_NAMES.get(family, family)} "
+                "checkpoint of the same base)."
+            )
         for key in ("vocab_size", "token_dim", "hidden_dim", "cross_attention_dim"):
             if key in identity and int(identity[key]) != mine[key]:
                 raise BackboneMismatchError(
@@ -280,6 +340,41 @@ class Backbone:
                     f"{what} was trained on {identity.get('model_id')!r}, whose token embeddings differ from "
                     f"those of {self.model_id!r} (same shapes, different weights). Use the original backbone."
                 )
+
+
+FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL"}
+
+
+def detect_family(path: str) -> str:
+    """``sdxl`` when the pipeline folder (or cached hub id) has a second text encoder, else ``sd``.
+
+    Read from ``model_index.json`` (``_class_name`` / a ``text_encoder_2`` entry); a folder
+    without one counts as SDXL when it has a ``text_encoder_2/`` sub-folder.
+    """
+    folder = Path(path)
+    index = None
+    if (folder / "model_index.json").is_file():
+        index = json.loads((folder / "model_index.json").read_text())
+    elif folder.is_dir():
+        return "sdxl" if (folder / "text_encoder_2").is_dir() else "sd"
+    else:
+        try:
+            from diffusers import DiffusionPipeline
+
+            index = DiffusionPipeline.load_config(path)
+        except Exception:  # not cached / no such id: the ordinary loader reports it
+            return "sd"
+    second = index.get("text_encoder_2")
+    has_second = isinstance(second, (list, tuple)) and second[0] is not None
+    if has_second or "XL" in str(index.get("_class_name", "")):
+        first = index.get("text_encoder")
+        if not (isinstance(first, (list, tuple)) and first[0] is not None):
+            raise OSError(
+                f"{path} has no text_encoder (an SDXL refiner?); dreamdist trains on base checkpoints "
+                "such as stabilityai/stable-diffusion-xl-base-1.0"
+            )
+        return "sdxl"
+    return "sd"
 
 
 def embedding_fingerprint(probe: torch.Tensor) -> str:

@@ -90,6 +90,10 @@ def make_pipeline(backbone: Backbone, scheduler: str | None = None) -> StableDif
     else:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     scheduler_cls = getattr(diffusers, class_name, diffusers.DDIMScheduler)
+    if backbone.family == "sdxl":
+        from dreamdist.backbone_sdxl import assemble_sdxl_pipeline
+
+        return assemble_sdxl_pipeline(backbone, scheduler_cls.from_config(config))
     return assemble_pipeline(
         backbone.vae, backbone.text_encoder, backbone.tokenizer, backbone.unet, scheduler_cls.from_config(config)
     )
@@ -133,9 +137,12 @@ def render_block(
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     drawn = [sampler(i, g) for i, g in zip(indices, generators)]
     embeds = torch.stack([hidden for hidden, _ in drawn]).to(backbone.device, backbone.dtype)  # (b, L, d)
+    embeds, pooled = backbone.split_features(embeds)  # SDXL: (b, L, D) and the pooled (b, d_pool)
+    extra = {} if pooled is None else {"pooled_prompt_embeds": pooled}
     with torch.no_grad():
         out = pipe(
             prompt_embeds=embeds,
+            **extra,
             negative_prompt=[settings.negative_prompt] * len(indices),
             generator=generators,
             guidance_scale=settings.guidance_scale,

@@ -52,10 +52,9 @@ def encode_prompts(backbone: Backbone, vectors: torch.Tensor, template: PromptTe
     Returns:
         hidden (N, L, d) and pooled EOS features (N, d), differentiable w.r.t. ``vectors``.
     """
-    table = backbone.token_embedding
     n = vectors.shape[0]
-    before = table(template.before.to(table.weight.device)).expand(n, -1, -1)  # (N, a, d_tok)
-    after = table(template.after.to(table.weight.device)).expand(n, -1, -1)  # (N, b, d_tok)
+    before = backbone.embed_tokens(template.before.to(backbone.device)).expand(n, -1, -1)  # (N, a, d_tok)
+    after = backbone.embed_tokens(template.after.to(backbone.device)).expand(n, -1, -1)  # (N, b, d_tok)
     embeds = torch.cat([before, vectors.to(before.dtype), after], dim=1)  # (N, L, d_tok)
     eos = torch.full((n,), template.eos_position, device=embeds.device)
     return backbone.encode_prompt_embeds(embeds, eos)
@@ -242,7 +241,8 @@ def nearest_tokens(backbone: Backbone, vectors: torch.Tensor, top_k: int = 5) ->
     Returns:
         M lists of ``top_k`` (token, cosine) pairs.
     """
-    table = F.normalize(backbone.token_embedding.weight.detach().float().cpu(), dim=-1)  # (V, d_tok)
+    rows = backbone.token_rows(torch.arange(backbone.token_embedding.weight.shape[0]))  # (V, d_tok)
+    table = F.normalize(rows, dim=-1)
     mean = F.normalize(vectors.detach().float().cpu().mean(dim=0), dim=-1)  # (M, d_tok)
     scores, index = (mean @ table.T).topk(top_k, dim=-1)  # (M, top_k)
     decode = backbone.tokenizer.convert_ids_to_tokens

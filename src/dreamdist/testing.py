@@ -144,3 +144,97 @@ def write_images(folder, count: int, seed: int = 0, size=(80, 72)):
         array = np.clip(base * (0.5 + ramp) + rng.normal(0, 10, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
         Image.fromarray(array).save(folder / f"img_{i:02d}.png")
     return folder
+
+
+def tiny_sdxl_components(
+    folder: str | Path,
+    seed: int = 0,
+    hidden_sizes: tuple[int, int] = (32, 48),
+    projection_dim: int = 40,
+    sample_size: int = 16,
+    time_embed_dim: int = 8,
+) -> dict:
+    """Tiny random SDXL components (two CLIP encoders, a ``text_time`` UNet), as diffusers' SDXL tests build them.
+
+    The two encoders have different widths (and the projection a third) so that a mixed-up split
+    fails loudly. Tokenizer 2 pads with ``!`` as real SDXL's does. Images are ``2 * sample_size`` px.
+    """
+    from diffusers import EulerDiscreteScheduler
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    tokenizer = build_clip_tokenizer(list(WORDS), Path(folder) / "tokenizer_src")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(Path(folder) / "tokenizer_src", pad_token="!")
+    torch.manual_seed(seed)
+
+    def text_config(hidden: int, projection: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=projection,
+            hidden_act="gelu",
+        )
+
+    text_encoder = CLIPTextModel(text_config(hidden_sizes[0], hidden_sizes[0]))
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(hidden_sizes[1], projection_dim))
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * time_embed_dim + projection_dim,
+        cross_attention_dim=sum(hidden_sizes),
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=2 * sample_size,
+        scaling_factor=0.13025,  # SDXL's VAE
+        force_upcast=True,
+    )
+    scheduler = EulerDiscreteScheduler(  # SDXL base ships Euler; training uses DDPM over the same config
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return {
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "vae": vae,
+        "unet": unet,
+        "scheduler": scheduler,
+    }
+
+
+def save_tiny_sdxl_pipeline(folder: str | Path, **kwargs) -> Path:
+    """Write tiny SDXL components as an ordinary diffusers ``StableDiffusionXLPipeline`` folder."""
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = Path(folder)
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(folder, **kwargs), add_watermarker=False)
+    pipe.save_pretrained(folder / "pipeline", safe_serialization=True)
+    return folder / "pipeline"

@@ -187,7 +187,7 @@ class CustomDiffusion(Method):
             backbone.unet.save_attn_procs(str(folder), weight_name=WEIGHTS_FILE, safe_serialization=True)
         finally:
             diffusers.utils.logging.set_verbosity(verbosity)
-        save_learned_embeds(folder / token_file, self.config.modifier_token, self.tokens.vectors)
+        save_learned_embeds(folder / token_file, self.config.modifier_token, self.tokens.vectors, backbone)
         return {
             "diffusers": {
                 "custom_diffusion": WEIGHTS_FILE,

@@ -28,6 +28,7 @@ from dreamdist.methods.finetune import (
     named_trainables,
     save_pipeline,
     state_of,
+    text_encoders,
 )
 from dreamdist.methods.prior import ClassPrior, prior_from_config
 
@@ -104,12 +105,9 @@ class DreamBooth(Method):
         self.backbone = backbone
         # from the frozen model, before anything changes
         self.prior = prior_from_config(backbone, run_dir, cfg, data.size)
-        modules = {"unet": backbone.unet}
-        if cfg.train_text_encoder:
-            modules["text_encoder"] = backbone.text_encoder
-        for module, targets in ((backbone.unet, UNET_LORA_TARGETS), (backbone.text_encoder, TEXT_LORA_TARGETS)):
-            if module not in modules.values():
-                continue
+        modules = self._modules()
+        for name, module in modules.items():
+            targets = UNET_LORA_TARGETS if name == "unet" else TEXT_LORA_TARGETS
             if cfg.lora:
                 add_lora(module, lora_config(cfg.rank, cfg.alpha, targets), generator)
             else:
@@ -122,7 +120,7 @@ class DreamBooth(Method):
                 self.class_hidden = self.backbone.encode_ids(self.prior.ids) if self.prior else None
 
     def trainable_modules(self) -> list[nn.Module]:
-        return [self.backbone.unet] + ([self.backbone.text_encoder] if self.config.train_text_encoder else [])
+        return list(self._modules().values())
 
     def condition(
         self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator, indices: torch.Tensor | None = None
@@ -145,11 +143,8 @@ class DreamBooth(Method):
         load_state(self.params, tensors)
 
     def _modules(self) -> dict[str, nn.Module]:
-        backbone = self.backbone
-        return {
-            "unet": backbone.unet,
-            **({"text_encoder": backbone.text_encoder} if self.config.train_text_encoder else {}),
-        }
+        """The trained modules by pipeline name: the UNet [+ every text encoder (SDXL: both)]."""
+        return {"unet": self.backbone.unet, **(text_encoders(self.backbone) if self.config.train_text_encoder else {})}
 
     def artifact(self, backbone: Backbone) -> tuple[dict[str, torch.Tensor], dict]:
         """LoRA: the adapter weights (peft keys); full fine-tuning: none here, the weights are in ``pipeline/``."""
@@ -165,7 +160,7 @@ class DreamBooth(Method):
         if not self.config.lora:
             save_pipeline(backbone, folder)
             return {"diffusers": {"pipeline": PIPELINE_DIR}}
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
@@ -175,10 +170,11 @@ class DreamBooth(Method):
                 get_peft_model_state_dict(module, save_embedding_layers=False)
             )
             metadata[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
-        StableDiffusionPipeline.save_lora_weights(
+        pipeline_cls = StableDiffusionXLPipeline if backbone.family == "sdxl" else StableDiffusionPipeline
+        pipeline_cls.save_lora_weights(
             str(folder), weight_name=LORA_FILE, safe_serialization=True, **layers, **metadata
         )
-        return {"diffusers": {"lora": LORA_FILE}}
+        return {"diffusers": {"lora": LORA_FILE, "family": backbone.family}}
 
 
 def prepare(backbone: Backbone, artifacts: list[Artifact]) -> None:
@@ -189,8 +185,8 @@ def prepare(backbone: Backbone, artifacts: list[Artifact]) -> None:
         if not cfg.lora:
             load_pipeline_weights(backbone, artifact.path.parent, trained)
             continue
-        targets = {"unet": UNET_LORA_TARGETS, "text_encoder": TEXT_LORA_TARGETS}
         for name in trained:
             prefix = f"{name}."
             tensors = {k[len(prefix) :]: v for k, v in artifact.tensors.items() if k.startswith(prefix)}
-            load_lora(getattr(backbone, name), lora_config(cfg.rank, cfg.alpha, targets[name]), tensors)
+            targets = UNET_LORA_TARGETS if name == "unet" else TEXT_LORA_TARGETS
+            load_lora(getattr(backbone, name), lora_config(cfg.rank, cfg.alpha, targets), tensors)

@@ -140,7 +140,7 @@ class DreamDistribution(Method):
             len(self.class_names),
             cfg.num_prompts,
             cfg.num_tokens,
-            backbone.token_embedding.weight.shape[1],
+            backbone.token_dim,  # SDXL: both encoders' token widths, one joint vector per token
             cfg.init_std,
             generator,
             shared=cfg.objective == "mixture",

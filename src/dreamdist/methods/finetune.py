@@ -15,6 +15,12 @@ UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # diffusers' DreamBoot
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
+def text_encoders(backbone: Backbone) -> dict[str, nn.Module]:
+    """The backbone's text encoders by pipeline name (``text_encoder``, SDXL also ``text_encoder_2``)."""
+    names = ["text_encoder", "text_encoder_2"]
+    return dict(zip(names, backbone.text_encoders))
+
+
 def named_trainables(modules: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
     """``{"<module>.<param name>": parameter}`` of every parameter that requires grad, in a fixed order."""
     return {f"{prefix}.{n}": p for prefix, m in modules.items() for n, p in m.named_parameters() if p.requires_grad}
@@ -90,7 +96,7 @@ def load_lora(module: nn.Module, config, tensors: dict[str, torch.Tensor]) -> No
 
 
 def save_pipeline(backbone: Backbone, folder: Path) -> Path:
-    """The backbone as a diffusers ``StableDiffusionPipeline`` folder (safetensors)."""
+    """The backbone as a diffusers pipeline folder (``StableDiffusionPipeline`` or, on SDXL, ``...XLPipeline``)."""
     from dreamdist.pipeline import make_pipeline
 
     path = folder / PIPELINE_DIR
@@ -103,14 +109,18 @@ def load_pipeline_weights(backbone: Backbone, folder: Path, modules: list[str]) 
     the backbone, keeping its device and dtype. Tokens added to the saved tokenizer must already be
     in the backbone's (the caller installs them first)."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     path = folder / PIPELINE_DIR
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
             f"{path} is missing: the artifact's fine-tuned weights live there; copy the whole run folder"
         )
-    classes = {"unet": UNet2DConditionModel, "text_encoder": CLIPTextModel}
+    classes = {
+        "unet": UNet2DConditionModel,
+        "text_encoder": CLIPTextModel,
+        "text_encoder_2": CLIPTextModelWithProjection,
+    }
     for name in modules:
         target = getattr(backbone, name)
         loaded = classes[name].from_pretrained(str(path), subfolder=name, use_safetensors=True)

@@ -140,8 +140,8 @@ class TextualInversion(Method):
 
     def export(self, backbone: Backbone, folder: Path) -> dict:
         """``learned_embeds.safetensors`` for ``pipe.load_textual_inversion(folder)``."""
-        save_learned_embeds(folder / EMBEDS_FILE, self.config.token, self.tokens.vectors)
-        return {"diffusers": {"textual_inversion": EMBEDS_FILE, "token": self.config.token}}
+        save_learned_embeds(folder / EMBEDS_FILE, self.config.token, self.tokens.vectors, backbone)
+        return {"diffusers": {"textual_inversion": EMBEDS_FILE, "token": self.config.token, "family": backbone.family}}
 
 
 def prepare(backbone: Backbone, artifacts: list[Artifact]) -> None:

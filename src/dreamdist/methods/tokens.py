@@ -30,15 +30,20 @@ def add_tokens(backbone: Backbone, names: list[str]) -> torch.Tensor:
     Returns:
         (N,) token ids of ``names``.
     """
-    tokenizer, encoder = backbone.tokenizer, backbone.text_encoder
-    missing = [n for n in names if n not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens(missing)
-    if len(tokenizer) != encoder.get_input_embeddings().weight.shape[0]:
-        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        backbone.token_embedding.requires_grad_(False)
-    ids = tokenizer.convert_tokens_to_ids(names)
-    return torch.tensor(ids, dtype=torch.long)
+    ids = []
+    for tokenizer, encoder in zip(backbone.tokenizers, backbone.text_encoders):  # SDXL: both, same ids
+        missing = [n for n in names if n not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_tokens(missing)
+        if len(tokenizer) != encoder.get_input_embeddings().weight.shape[0]:
+            encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+            encoder.get_input_embeddings().requires_grad_(False)
+        ids.append(tokenizer.convert_tokens_to_ids(names))
+    if any(other != ids[0] for other in ids[1:]):
+        raise ValueError(
+            f"the tokens {names} got different ids in the two tokenizers ({ids}); their vocabularies differ"
+        )
+    return torch.tensor(ids[0], dtype=torch.long)
 
 
 def init_word_row(backbone: Backbone, word: str, flag: str) -> torch.Tensor:
@@ -49,14 +54,12 @@ def init_word_row(backbone: Backbone, word: str, flag: str) -> torch.Tensor:
             f"{flag} {word!r} is {len(ids)} tokens for this tokenizer; it must be exactly one. "
             "Choose a single common word (e.g. the class noun)."
         )
-    return backbone.token_embedding.weight[ids[0]].detach().float().clone()
+    return backbone.token_rows(torch.tensor(ids[:1]))[0].clone()
 
 
 def set_rows(backbone: Backbone, ids: torch.Tensor, vectors: torch.Tensor) -> None:
-    """Write ``vectors`` (N, d_tok) into the embedding table at ``ids`` (N,)."""
-    table = backbone.token_embedding.weight
-    with torch.no_grad():
-        table[ids.to(table.device)] = vectors.to(table.device, table.dtype)
+    """Write ``vectors`` (N, d_tok) into the embedding table(s) at ``ids`` (N,)."""
+    backbone.set_token_rows(ids, vectors)
 
 
 class PlaceholderTokens(nn.Module):
@@ -96,7 +99,7 @@ class PlaceholderTokens(nn.Module):
 
     def embed(self, backbone: Backbone, ids: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> (B, L, d_tok) token embeddings with the learned rows spliced in (differentiable)."""
-        frozen = backbone.token_embedding(ids)  # (B, L, d_tok), no grad
+        frozen = backbone.embed_tokens(ids)  # (B, L, d_tok), no grad
         row = self.lookup[ids]  # (B, L), -1 where not a placeholder
         learned = self.vectors[row.clamp(min=0)]  # (B, L, d_tok)
         return torch.where((row >= 0)[..., None], learned.to(frozen.dtype), frozen)
@@ -113,21 +116,30 @@ class PlaceholderTokens(nn.Module):
 
 def install_tokens(backbone: Backbone, token: str, vectors: torch.Tensor) -> list[str]:
     """Generation: add ``token`` (N vectors, (N, d_tok)) to a backbone; return its vector names."""
-    if vectors.shape[-1] != backbone.token_embedding.weight.shape[1]:
+    if vectors.shape[-1] != backbone.token_dim:
         raise ValueError(
             f"token {token!r} has {vectors.shape[-1]}-d vectors but the backbone's token embeddings are "
-            f"{backbone.token_embedding.weight.shape[1]}-d; load it onto the backbone it was trained on"
+            f"{backbone.token_dim}-d; load it onto the backbone it was trained on"
         )
     names = vector_names(token, vectors.shape[0])
     set_rows(backbone, add_tokens(backbone, names), vectors)
     return names
 
 
-def save_learned_embeds(path: Path, token: str, vectors: torch.Tensor) -> Path:
+def save_learned_embeds(path: Path, token: str, vectors: torch.Tensor, backbone: Backbone | None = None) -> Path:
     """Write ``{token: (N, d_tok)}`` as diffusers' textual-inversion script does (safetensors).
 
     Loads with ``pipe.load_textual_inversion(path)`` (token name from the file) or
-    ``pipe.load_textual_inversion(path, token=...)``.
+    ``pipe.load_textual_inversion(path, token=...)``. On SDXL the file holds ``clip_l`` (N, d_tok1)
+    and ``clip_g`` (N, d_tok2), the layout diffusers, ComfyUI and A1111 read: load each part into its
+    encoder (``load_textual_inversion(file["clip_l"], token=..., text_encoder=pipe.text_encoder,
+    tokenizer=pipe.tokenizer)``, and ``clip_g`` with ``text_encoder_2`` / ``tokenizer_2``).
     """
-    atomic_save_safetensors({token: vectors.detach().float().cpu()}, path, {"format": "pt"})
+    vectors = vectors.detach().float().cpu()
+    if backbone is not None and backbone.family == "sdxl":
+        clip_l, clip_g = backbone.token_parts(vectors)
+        tensors = {"clip_l": clip_l.contiguous(), "clip_g": clip_g.contiguous()}
+    else:
+        tensors = {token: vectors}
+    atomic_save_safetensors(tensors, path, {"format": "pt"})
     return path

@@ -169,7 +169,7 @@ class TwoStage(Method):
     def export(self, backbone: Backbone, folder: Path) -> dict:
         """A pipeline folder (tokenizer with the token, fine-tuned UNet) and ``learned_embeds.safetensors``."""
         save_pipeline(backbone, folder)
-        save_learned_embeds(folder / EMBEDS_FILE, self.config.token, self.tokens.vectors)
+        save_learned_embeds(folder / EMBEDS_FILE, self.config.token, self.tokens.vectors, backbone)
         return {"diffusers": {"pipeline": PIPELINE_DIR, "textual_inversion": EMBEDS_FILE, "token": self.config.token}}
 
 

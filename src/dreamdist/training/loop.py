@@ -108,7 +108,7 @@ def diffusion_loss(
 
     Args:
         latents: (B, C, h, w) scaled clean latents.
-        hidden: (R*B, L, d) text features, repeat-major; the same noise and timestep serve all R.
+        hidden: (R*B, L, d) prompt features, repeat-major; the same noise and timestep serve all R.
     Returns:
         (R, B): per repeat and image, the mean over elements of ``|| target - unet(x_t, t, c) ||^2``.
     """
@@ -118,12 +118,11 @@ def diffusion_loss(
     timesteps = torch.randint(0, steps, (batch,), generator=generator).to(latents.device)
     noisy = backbone.scheduler.add_noise(latents, noise, timesteps)  # (B, C, h, w)
     target = backbone.training_target(latents, noise, timesteps)
-    unet_dtype = backbone.unet.dtype
-    pred = backbone.unet(
-        noisy.repeat(repeats, 1, 1, 1).to(unet_dtype),  # (R*B, C, h, w)
+    pred = backbone.unet_forward(
+        noisy.repeat(repeats, 1, 1, 1).to(backbone.unet.dtype),  # (R*B, C, h, w)
         timesteps.repeat(repeats),
-        encoder_hidden_states=hidden.to(unet_dtype),
-    ).sample
+        hidden,  # prompt features (SDXL: with the pooled row, see backbone_sdxl)
+    )
     errors = F.mse_loss(pred.float(), target.repeat(repeats, 1, 1, 1).float(), reduction="none")  # (R*B, C, h, w)
     return errors.mean(dim=(1, 2, 3)).view(repeats, batch)
 
