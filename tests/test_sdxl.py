@@ -116,6 +116,17 @@ def test_unet_forward_passes_pooled_embeddings_and_time_ids(sdxl):
         assert not torch.allclose(sdxl.unet_forward(noisy, t, other), expected)
 
 
+def test_an_fp16_vae_that_asks_for_upcasting_encodes_in_fp32(sdxl_model):
+    half = Backbone.from_pretrained(sdxl_model, device="cpu", dtype="fp16")
+    assert half.vae.config.force_upcast and half.vae.dtype == torch.float16
+    seen, encode = [], half.vae.encode
+    half.vae.encode = lambda pixels, *a, **k: seen.append((pixels.dtype, half.vae.dtype)) or encode(pixels, *a, **k)
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mean, std = half.encode_images(pixels)
+    assert seen == [(torch.float32, torch.float32)] and half.vae.dtype == torch.float16  # back to fp16 after
+    assert torch.isfinite(mean).all() and mean.dtype == torch.float32
+
+
 # ---------------------------------------------------------------- DreamDistribution
 @pytest.fixture(scope="module")
 def dd_run(refs, sdxl_model, tmp_path_factory):
