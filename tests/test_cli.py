@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dreamdist.cli import main, parse_mix
 
 
@@ -139,5 +141,14 @@ def test_generate_scheduler_choice(refs, tiny_model, tmp_path, capsys):
     assert main([*args, "--scheduler", "euler-a", "--out", str(tmp_path / "e")]) == 0
     record = json.loads((tmp_path / "e" / "manifest.jsonl").read_text())
     assert record["scheduler"] == "EulerAncestralDiscreteScheduler"
-    assert main([*args, "--scheduler", "nope", "--out", str(tmp_path / "n")]) == 2
-    assert "unknown scheduler" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # an argparse choice: the error lists the schedulers
+        main([*args, "--scheduler", "nope", "--out", str(tmp_path / "n")])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_scheduler_choices_are_the_pipeline_table():
+    from dreamdist.config import SCHEDULER_NAMES
+    from dreamdist.pipeline import SCHEDULERS
+
+    assert set(SCHEDULER_NAMES) == set(SCHEDULERS)
