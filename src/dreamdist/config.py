@@ -15,6 +15,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "cosine", "linear")
 SCHEDULER_NAMES = ("ddim", "dpm", "euler", "euler-a", "pndm", "ddpm", "unipc")  # generation.SCHEDULERS' keys
 MIX_RULES = ("paper", "public-code")
+PIPELINE_NAMES = ("text2img", "img2img", "inpaint", "controlnet")  # pipeline.PIPELINES' keys
 
 
 def help_(text: str, **extra) -> dict:
@@ -170,6 +171,36 @@ class GenerateConfig:
     negative_prompt: str = field(default="", metadata=help_("negative prompt for classifier-free guidance"))
     height: int | None = field(default=None, metadata=help_("image height (default: the model's)"))
     width: int | None = field(default=None, metadata=help_("image width (default: the model's)"))
+    pipeline: str = field(
+        default="text2img",
+        metadata=help_(
+            "diffusers pipeline the prompt embeddings drive: text2img, img2img (--init-image, --strength), "
+            "inpaint (--init-image, --mask) or controlnet (--controlnet, --control-image); SD and SDXL alike",
+            choices=PIPELINE_NAMES,
+        ),
+    )
+    init_image: str | None = field(
+        default=None,
+        metadata=help_("img2img / inpaint: the starting image (the output takes its size unless --height/--width)"),
+    )
+    strength: float | None = field(
+        default=None,
+        metadata=help_("img2img / inpaint: how much of the init image is redrawn, in (0, 1] (default 0.8; inpaint 1)"),
+    )
+    mask: str | None = field(
+        default=None,
+        metadata=help_("inpaint: mask image, white = redraw, black = keep (resized to the init image if needed)"),
+    )
+    controlnet: str | None = field(
+        default=None, metadata=help_("controlnet: a diffusers ControlNetModel folder or cached hub id")
+    )
+    control_image: str | None = field(
+        default=None,
+        metadata=help_("controlnet: the conditioning image (edges, depth, pose; the output takes its size)"),
+    )
+    controlnet_scale: float | None = field(
+        default=None, metadata=help_("controlnet: weight of the ControlNet residuals (default 1.0)")
+    )
     batch_size: int = field(default=4, metadata=help_("images per pipeline call (results do not depend on it)"))
     seed: int = field(default=0, metadata=help_("image i uses seed + i"))
     dtype: str | None = field(
@@ -206,3 +237,33 @@ class GenerateConfig:
             raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}; got {self.sampler!r}")
         if self.mix_rule not in MIX_RULES:
             raise ValueError(f"--mix-rule must be 'paper' or 'public-code'; got {self.mix_rule!r}")
+        self._check_pipeline()
+
+    def _check_pipeline(self) -> None:
+        """Each --pipeline gets the inputs it needs and no input of another pipeline."""
+        if self.pipeline not in PIPELINE_NAMES:
+            raise ValueError(f"--pipeline must be one of {', '.join(PIPELINE_NAMES)}; got {self.pipeline!r}")
+        needs = {
+            "text2img": (),
+            "img2img": ("init_image",),
+            "inpaint": ("init_image", "mask"),
+            "controlnet": ("controlnet", "control_image"),
+        }
+        takes = {
+            "init_image": ("img2img", "inpaint"),
+            "strength": ("img2img", "inpaint"),
+            "mask": ("inpaint",),
+            "controlnet": ("controlnet",),
+            "control_image": ("controlnet",),
+            "controlnet_scale": ("controlnet",),
+        }
+        for name in needs[self.pipeline]:
+            if getattr(self, name) is None:
+                raise ValueError(f"--pipeline {self.pipeline} needs --{name.replace('_', '-')}")
+        for name, pipelines in takes.items():
+            if getattr(self, name) is not None and self.pipeline not in pipelines:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} is for --pipeline {' or '.join(pipelines)}, not {self.pipeline}"
+                )
+        if self.strength is not None and not 0 < self.strength <= 1:
+            raise ValueError(f"--strength must be in (0, 1] (1 = redraw from noise); got {self.strength}")

@@ -8,12 +8,17 @@ or the device (up to the last float bit of batched kernels).
 ``generate`` writes each PNG (tmp file + rename) and then its manifest row as soon as the image is
 made, holds no image after that, and a rerun of the same command skips the images already written;
 a different request in the same folder replaces what the previous one wrote.
+
+``--pipeline img2img | inpaint | controlnet`` hands the same prompt features to the family's
+image-conditioned diffusers pipeline (``dreamdist.pipeline.PIPELINES``); its input files are read
+(and checked) before the model is loaded, and their contents are part of the request.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -30,9 +35,12 @@ from dreamdist.config import GenerateConfig
 from dreamdist.methods import PromptSampler, get_method, prepare_backbone, sampler_for
 from dreamdist.pipeline import (
     SCHEDULERS,
+    ImageInputs,
     RenderSettings,
     assemble_pipeline,
     blocks,
+    load_controlnet,
+    load_image_inputs,
     make_grid,
     make_pipeline,
     plain_prompt_sampler,
@@ -46,6 +54,7 @@ __all__ = [
     "assemble_pipeline",
     "generate",
     "generate_images",
+    "image_inputs",
     "make_grid",
     "make_pipeline",
     "stream_images",
@@ -89,10 +98,31 @@ def _jobs(backbone: Backbone, artifacts: list[Artifact], config: GenerateConfig)
     return jobs
 
 
-def _settings(backbone: Backbone, config: GenerateConfig) -> RenderSettings:
-    return RenderSettings.resolve(
-        backbone, config.guidance_scale, config.num_inference_steps, config.height, config.width, config.negative_prompt
+def _settings(backbone: Backbone, config: GenerateConfig, inputs: ImageInputs) -> RenderSettings:
+    """Render settings; image pipelines take the size of their init / control image unless told."""
+    height, width = inputs.output_size(config.height, config.width)
+    settings = RenderSettings.resolve(
+        backbone, config.guidance_scale, config.num_inference_steps, height, width, config.negative_prompt
     )
+    if inputs.kind in ("img2img", "inpaint") and int(settings.num_inference_steps * inputs.strength) < 1:
+        raise ValueError(
+            f"--strength {inputs.strength} of {settings.num_inference_steps} steps denoises no step; "
+            "raise --strength or --num-inference-steps"
+        )
+    return settings
+
+
+def image_inputs(config: GenerateConfig) -> ImageInputs:
+    """The init image / mask / control image of ``config.pipeline`` (nothing for text2img), read and checked."""
+    return load_image_inputs(
+        config.pipeline, config.init_image, config.mask, config.control_image, config.strength, config.controlnet_scale
+    )
+
+
+def _input_files(config: GenerateConfig) -> dict[str, str]:
+    """sha256 of each input image file: a changed file at the same path is a new request."""
+    names = ("init_image", "mask", "control_image")
+    return {n: hashlib.sha256(Path(getattr(config, n)).read_bytes()).hexdigest() for n in names if getattr(config, n)}
 
 
 def stream_images(
@@ -101,6 +131,7 @@ def stream_images(
     config: GenerateConfig,
     prepared: bool = False,
     done: set[int] | frozenset[int] = frozenset(),
+    inputs: ImageInputs | None = None,
 ) -> Iterator[tuple[Image.Image, dict]]:
     """Yield ``(image, manifest record)`` in index order, one pipeline call per ``batch_size`` block.
 
@@ -110,15 +141,19 @@ def stream_images(
             otherwise the method's ``prepare`` loads them into ``backbone`` first (in place).
         done: indices not to yield. Blocks stay aligned to multiples of ``batch_size``: a block
             with a missing image is rendered whole, so a resumed run computes the same bits.
+        inputs: the images of ``config.pipeline`` when already read (default: read them here).
     With ``config.prompt_set``, image ``i`` is image ``i % num_images`` of prompt ``i // num_images``.
     """
     if artifacts and not prepared:
         prepare_backbone(backbone, artifacts)
+    inputs = image_inputs(config) if inputs is None else inputs
+    settings = _settings(backbone, config, inputs)
+    inputs = inputs.resized(settings.height, settings.width)
+    controlnet = load_controlnet(config.controlnet, backbone, config.allow_pickle) if config.controlnet else None
     jobs = _jobs(backbone, artifacts, config)
     total = config.num_images * len(jobs)
-    pipe = make_pipeline(backbone, config.scheduler)
-    settings = _settings(backbone, config)
-    fields = settings.record(type(pipe.scheduler).__name__)
+    pipe = make_pipeline(backbone, config.scheduler, config.pipeline, controlnet)
+    fields = {**settings.record(type(pipe.scheduler).__name__), **inputs.record()}
 
     def sampler(index, generator):
         return jobs[index // config.num_images][0](index, generator)
@@ -127,7 +162,8 @@ def stream_images(
     for block in blocks(range(total), config.batch_size):
         if all(i in done for i in block):
             continue
-        images, infos = render_block(pipe, backbone, sampler, block, [config.seed + i for i in block], settings)
+        seeds = [config.seed + i for i in block]
+        images, infos = render_block(pipe, backbone, sampler, block, seeds, settings, inputs)
         for i, image, info in zip(block, images, infos):
             if i in done:
                 continue
@@ -160,13 +196,17 @@ def _request(config: GenerateConfig, backbone: Backbone, artifacts: list[Artifac
     options = dataclasses.asdict(config)
     for key in ("out", "artifacts", "num_images", "batch_size", "progress", "allow_pickle"):
         options.pop(key)
-    return {
+    request = {
         "model": backbone.model_id,
         "device": str(backbone.device),
         "dtype": str(backbone.dtype),
         "artifacts": [a.sha256() for a in artifacts],
         "options": options,
     }
+    files = _input_files(config)
+    if files:  # text2img requests stay as they were
+        request["input_files"] = files
+    return request
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -216,6 +256,7 @@ def generate(config: GenerateConfig, backbone: Backbone | None = None) -> Genera
     A ``backbone`` passed in is never changed: methods that load weights or tokens get a copy.
     """
     artifacts = [load_artifact(path, config.allow_pickle) for path in config.artifacts]
+    inputs = image_inputs(config)  # bad image files fail before the model loads
     if backbone is None:
         model = config.model or (artifacts[0].meta["backbone"]["model_id"] if artifacts else None)
         if model is None:
@@ -238,7 +279,7 @@ def generate(config: GenerateConfig, backbone: Backbone | None = None) -> Genera
         extra["weights"] = list(config.weights)
     manifest = out / MANIFEST
     with open(manifest, "a") as handle:
-        for image, record in stream_images(backbone, artifacts, config, done=set(done)):
+        for image, record in stream_images(backbone, artifacts, config, done=set(done), inputs=inputs):
             path = out / f"{record['index']:05d}.png"
             atomic_write_bytes(path, png_bytes(image))
             row = {"file": path.name, "method": method, **record, **extra}
