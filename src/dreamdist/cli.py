@@ -203,6 +203,7 @@ def _extensions() -> list[Callable]:
         "dreamdist.studio.cli",
         "dreamdist.study.cli",
         "dreamdist.synth.cli",
+        "dreamdist.sample_prompts",
     ):
         try:
             found.append(__import__(module, fromlist=["register"]).register)
