@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from dreamdist.cli import main
@@ -12,9 +14,12 @@ ray = pytest.importorskip("ray")  # the 'ray' extra (in dev, so CI has it)
 
 @pytest.fixture(scope="module")
 def cluster():
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    for sig, handler in handlers.items():  # Ray installs its own; later tests expect the defaults
+        signal.signal(sig, handler)
 
 
 def test_ray_engine_continues_a_local_run_and_gives_the_same_bytes(cluster, tmp_path, tiny_model, monkeypatch):

@@ -11,6 +11,7 @@ same files.
 from __future__ import annotations
 
 import logging
+import signal
 
 from tqdm.auto import tqdm
 
@@ -102,7 +103,10 @@ def run_ray(config: SynthConfig, plan: Plan, folder: SynthFolder) -> int:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ray.data.DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized():
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         ray.init(address=config.ray_address, log_to_driver=False)
+        for sig, handler in handlers.items():  # Ray replaces them; Ctrl-C / SIGTERM stay ours
+            signal.signal(sig, handler)
     blocks = plan.blocks()
     done = folder.done()
     todo = {tuple(block) for block in _todo(plan, blocks, done)}
