@@ -15,10 +15,12 @@ from dreamdist.config import help_
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Conditioning, Method, PriorBatch
 from dreamdist.methods.finetune import (
+    KOHYA_FILE,
     PIPELINE_DIR,
     TEXT_LORA_TARGETS,
     UNET_LORA_TARGETS,
     add_lora,
+    kohya_state,
     load_lora,
     load_pipeline_weights,
     load_state,
@@ -33,6 +35,7 @@ from dreamdist.methods.finetune import (
 from dreamdist.methods.prior import ClassPrior, prior_from_config
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+EXPORT_FORMATS = ("kohya",)
 
 
 @dataclass
@@ -63,6 +66,13 @@ class DreamBoothConfig:
     lora: bool = field(default=False, metadata=help_("train LoRA adapters (peft) instead of the full weights"))
     rank: int = field(default=4, metadata=help_("LoRA rank"))
     lora_alpha: float | None = field(default=None, metadata=help_("LoRA alpha (default: the rank, i.e. scale 1)"))
+    export: str | None = field(
+        default=None,
+        metadata=help_(
+            f"LoRA: also write {KOHYA_FILE} with the kohya key names ComfyUI, A1111 and kohya's scripts read",
+            choices=EXPORT_FORMATS,
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not self.class_noun.strip():
@@ -75,6 +85,12 @@ class DreamBoothConfig:
             raise ValueError("--class-images must be >= 1 and --prior-weight >= 0")
         if self.rank < 1:
             raise ValueError("--rank must be >= 1")
+        if self.export is not None and self.export not in EXPORT_FORMATS:
+            raise ValueError(f"--export must be one of {', '.join(EXPORT_FORMATS)}; got {self.export!r}")
+        if self.export is not None and not self.lora:
+            raise ValueError(
+                f"--export {self.export} writes LoRA weights; add --lora (full fine-tuning saves a pipeline folder)"
+            )
 
     @property
     def concept(self) -> str:
@@ -174,7 +190,18 @@ class DreamBooth(Method):
         pipeline_cls.save_lora_weights(
             str(folder), weight_name=LORA_FILE, safe_serialization=True, **layers, **metadata
         )
-        return {"diffusers": {"lora": LORA_FILE, "family": backbone.family}}
+        exported = {"diffusers": {"lora": LORA_FILE, "family": backbone.family}}
+        if self.config.export == "kohya":
+            from safetensors.torch import save
+
+            from dreamdist.atomic import atomic_write_bytes
+
+            state = kohya_state(self._modules(), backbone.family, self.config.alpha)
+            info = {"ss_network_module": "networks.lora", "ss_network_dim": str(self.config.rank)}
+            info["ss_network_alpha"] = str(self.config.alpha)
+            atomic_write_bytes(folder / KOHYA_FILE, save(state, metadata=info))
+            exported["kohya"] = {"lora": KOHYA_FILE}
+        return exported
 
 
 def prepare(backbone: Backbone, artifacts: list[Artifact]) -> None:

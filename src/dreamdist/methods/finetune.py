@@ -13,6 +13,12 @@ from dreamdist.backbone import Backbone
 PIPELINE_DIR = "pipeline"
 UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # diffusers' DreamBooth-LoRA script
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+KOHYA_FILE = "lora_kohya.safetensors"
+# pipeline module name -> kohya key prefix, per family (SDXL numbers its two text encoders)
+KOHYA_PREFIXES = {
+    "sd": {"unet": "lora_unet", "text_encoder": "lora_te"},
+    "sdxl": {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"},
+}
 
 
 def text_encoders(backbone: Backbone) -> dict[str, nn.Module]:
@@ -93,6 +99,50 @@ def load_lora(module: nn.Module, config, tensors: dict[str, torch.Tensor]) -> No
         raise ValueError(
             f"LoRA weights do not fit this model ({len(unexpected)} unexpected keys, e.g. {unexpected[0]})"
         )
+
+
+def sgm_unet_path(path: str, layers_per_block: int) -> str:
+    """A diffusers UNet attention module path -> the original (SGM/LDM) one kohya uses for SDXL.
+
+    ``down_blocks.i.attentions.j.X`` -> ``input_blocks.{1 + i (n + 1) + j}.1.X``, ``mid_block.attentions.0.X``
+    -> ``middle_block.1.X``, ``up_blocks.i.attentions.j.X`` -> ``output_blocks.{i (n + 1) + j}.1.X``
+    (n = layers per block; the names inside a transformer block are the same in both layouts).
+    """
+    parts = path.split(".")
+    step = layers_per_block + 1  # each level: n resnets (+1 in the up path) and a down/upsampler
+    if parts[0] == "down_blocks" and parts[2] == "attentions":
+        return ".".join(["input_blocks", str(1 + int(parts[1]) * step + int(parts[3])), "1", *parts[4:]])
+    if parts[0] == "mid_block" and parts[1] == "attentions":
+        return ".".join(["middle_block", "1", *parts[3:]])
+    if parts[0] == "up_blocks" and parts[2] == "attentions":
+        return ".".join(["output_blocks", str(int(parts[1]) * step + int(parts[3])), "1", *parts[4:]])
+    raise ValueError(f"no kohya name for UNet module {path!r} (LoRA on attention layers only)")
+
+
+def kohya_state(modules: dict[str, nn.Module], family: str, alpha: float) -> dict[str, torch.Tensor]:
+    """LoRA adapters in the kohya / A1111 / ComfyUI layout.
+
+    Per adapted layer ``<prefix>_<module path with '_'>``: ``.lora_down.weight`` (peft's A, (r, in)),
+    ``.lora_up.weight`` (B, (out, r)) and ``.alpha`` (a scalar; the scale is alpha / r). UNet paths are
+    diffusers' on SD 1.x/2.x (as kohya's SD scripts write them) and the original SGM ones on SDXL.
+    """
+    prefixes = KOHYA_PREFIXES[family]
+    out: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        blocks = getattr(module.config, "layers_per_block", None) if name == "unet" else None
+        sgm = family == "sdxl" and isinstance(blocks, int)
+        for path, layer in module.named_modules():  # full module paths (text_model.encoder..., down_blocks...)
+            if not hasattr(layer, "lora_A") or "default" not in layer.lora_A:
+                continue
+            if name != "unet" and not path.startswith("text_model."):
+                path = f"text_model.{path}"  # transformers 5 CLIP models have no text_model wrapper; kohya's keys do
+            elif sgm:
+                path = sgm_unet_path(path, blocks)
+            stem = f"{prefixes[name]}_{path.replace('.', '_')}"
+            out[f"{stem}.lora_down.weight"] = layer.lora_A["default"].weight.detach().float().cpu().contiguous()
+            out[f"{stem}.lora_up.weight"] = layer.lora_B["default"].weight.detach().float().cpu().contiguous()
+            out[f"{stem}.alpha"] = torch.tensor(float(alpha))
+    return out
 
 
 def save_pipeline(backbone: Backbone, folder: Path) -> Path:
