@@ -189,8 +189,9 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
         generator.manual_seed(config.seed + accelerator.process_index)
     if config.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
-        backbone.text_encoder.gradient_checkpointing_enable()
-        backbone.text_encoder.train()  # transformers only checkpoints in train mode (CLIP has no dropout)
+        for encoder in backbone.text_encoders:  # SDXL: both encoders
+            encoder.gradient_checkpointing_enable()
+            encoder.train()  # transformers only checkpoints in train mode (CLIP has no dropout)
     learning_rate = config.learning_rate or method.default_learning_rate
     groups = method.param_groups(learning_rate) or _default_groups(method)
     params = [p for group in groups for p in group["params"]]
