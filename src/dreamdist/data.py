@@ -7,6 +7,7 @@ traceback; the caller decides what to do when nothing usable is left (``NoUsable
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,36 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def bucket_sizes(size: int, step: int, max_ratio: float = 2.0) -> list[tuple[int, int]]:
+    """Aspect-ratio buckets: (width, height) multiples of ``step`` of about ``size`` x ``size`` pixels.
+
+    For each height, the widest width with ``width * height <= size**2``; ratios up to ``max_ratio``
+    (SDXL's 1024 px, step 64: 1024x1024, 1088x960, ..., 1408x704 and their transposes).
+    """
+    out = set()
+    for height in range(step, 2 * size + 1, step):
+        width = size * size // height // step * step
+        if width >= step and max(width / height, height / width) <= max_ratio:
+            out.add((width, height))
+    return sorted(out, key=lambda wh: wh[0] / wh[1])
+
+
+def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is closest (in log ratio) to ``width`` / ``height``."""
+    ratio = math.log(width / height)
+    return min(buckets, key=lambda wh: abs(math.log(wh[0] / wh[1]) - ratio))
+
+
+def resize_cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Resize (Lanczos) to cover ``width`` x ``height``, then center-crop to it (no squashing)."""
+    scale = max(width / image.width, height / image.height)
+    new_w, new_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+    if image.size != (new_w, new_h):
+        image = image.resize((new_w, new_h), Image.Resampling.LANCZOS)
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> (3, H, W) float tensor in [-1, 1] (the VAE's input range)."""
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
@@ -201,12 +232,33 @@ class ReferenceSet:
         """All images at once (N, 3, size, size): for small sets and tests; training streams them."""
         return torch.cat(list(self.iter_pixels()))
 
-    def _pixels(self, path: Path) -> torch.Tensor:
+    def _image(self, path: Path) -> Image.Image:
         try:
-            image = open_image(path)
+            return open_image(path)
         except ValueError as exc:
             raise ValueError(f"{path} changed after it was checked and is no longer usable: {exc}") from None
-        return image_to_tensor(resize_center_crop(image, self.size))
+
+    def _pixels(self, path: Path) -> torch.Tensor:
+        return image_to_tensor(resize_center_crop(self._image(path), self.size))
+
+    def buckets(self, step: int) -> list[tuple[int, int]]:
+        """Each image's aspect-ratio bucket (width, height) at about ``size``² pixels (``bucket_sizes``)."""
+        sizes = bucket_sizes(self.size, step)
+        if not sizes:
+            return [(self.size, self.size)] * len(self.paths)
+        return [nearest_bucket(*self._image(path).size, sizes) for path in self.paths]
+
+    def iter_bucket_pixels(self, buckets: list[tuple[int, int]], chunk: int = 16):
+        """Yield (indices, (n, 3, h, w) pixels in [-1, 1]) per bucket, ``chunk`` images at a time.
+
+        Each image is resized to cover its bucket and center-cropped to it (``buckets[i]``).
+        """
+        for bucket in sorted(set(buckets)):
+            members = [i for i, b in enumerate(buckets) if b == bucket]
+            for start in range(0, len(members), chunk):
+                part = members[start : start + chunk]
+                images = [resize_cover_crop(self._image(self.paths[i]), *bucket) for i in part]
+                yield part, torch.stack([image_to_tensor(image) for image in images])
 
     @classmethod
     def from_folder(cls, folder: str | Path, size: int, multiclass: bool = False) -> ReferenceSet:

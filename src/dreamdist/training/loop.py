@@ -55,26 +55,66 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class LatentCache:
-    """VAE posteriors of every reference image, encoded once per augmentation variant."""
+    """VAE posteriors of every reference image, encoded once per augmentation variant.
+
+    SDXL references of several shapes are bucketed by aspect ratio (``ReferenceSet.buckets``):
+    each image is encoded at its bucket's size, and a batch is drawn from one bucket. Square sets
+    (and every SD 1.x/2.x set) keep the one square size and the draws of a single bucket.
+    """
 
     def __init__(self, backbone: Backbone, data: ReferenceSet, flip: bool):
+        self.labels = data.labels  # (N,)
+        buckets = data.buckets(_bucket_step(backbone, data.size)) if backbone.family == "sdxl" else None
+        if buckets is None or set(buckets) == {(data.size, data.size)}:
+            self.mean, self.std = self._encode(backbone, [(None, p) for p in data.iter_pixels()], flip)
+            self.groups = None
+            return
+        # per bucket: its reference indices (n_b,) and posteriors (V, n_b, C, h_b, w_b)
+        chunks: dict[tuple[int, int], list] = {}
+        for indices, pixels in data.iter_bucket_pixels(buckets):
+            chunks.setdefault(tuple(pixels.shape[-2:]), []).append((indices, pixels))
+        self.groups = []
+        for parts in chunks.values():
+            mean, std = self._encode(backbone, parts, flip)
+            self.groups.append((torch.tensor([i for indices, _ in parts for i in indices]), mean, std))
+        self.bucket_of = torch.empty(len(data), dtype=torch.long)  # (N,) group of each reference
+        for g, (indices, _, _) in enumerate(self.groups):
+            self.bucket_of[indices] = g
+
+    @staticmethod
+    def _encode(backbone: Backbone, parts, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, (n, 3, H, W) pixels) chunks -> posterior mean and std (V, N, C, h, w)."""
         means, stds = [[] for _ in range(1 + flip)], [[] for _ in range(1 + flip)]
-        for pixels in data.iter_pixels():  # (n, 3, s, s): a chunk at a time, never the whole set
+        for _, pixels in parts:  # a chunk at a time, never the whole set
             for v, variant in enumerate([pixels, pixels.flip(-1)][: 1 + flip]):
                 mean, std = backbone.encode_images(variant)
                 means[v].append(mean)
                 stds[v].append(std)
-        self.mean = torch.stack([torch.cat(m) for m in means])  # (V, N, C, h, w)
-        self.std = torch.stack([torch.cat(s) for s in stds])  # (V, N, C, h, w)
-        self.labels = data.labels  # (N,)
+        return torch.stack([torch.cat(m) for m in means]), torch.stack([torch.cat(s) for s in stds])
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Draw B images (uniformly, a flip variant each) -> unscaled latents (B, C, h, w), labels (B,)
-        and the images' indices in the reference set (B,)."""
-        index = torch.randint(0, self.mean.shape[1], (batch,), generator=generator)
-        variant = torch.randint(0, self.mean.shape[0], (batch,), generator=generator)
-        noise = torch.randn((batch, *self.mean.shape[2:]), generator=generator)
-        return self.mean[variant, index] + self.std[variant, index] * noise, self.labels[index], index
+        and the images' indices in the reference set (B,). Bucketed: a uniformly drawn reference picks
+        the bucket (buckets by their image count), then all B images come from it."""
+        if self.groups is None:
+            index = torch.randint(0, self.mean.shape[1], (batch,), generator=generator)
+            variant = torch.randint(0, self.mean.shape[0], (batch,), generator=generator)
+            noise = torch.randn((batch, *self.mean.shape[2:]), generator=generator)
+            return self.mean[variant, index] + self.std[variant, index] * noise, self.labels[index], index
+        first = torch.randint(0, len(self.bucket_of), (1,), generator=generator)
+        members, mean, std = self.groups[int(self.bucket_of[first])]
+        row = torch.randint(0, len(members), (batch,), generator=generator)  # rows within the bucket
+        variant = torch.randint(0, mean.shape[0], (batch,), generator=generator)
+        noise = torch.randn((batch, *mean.shape[2:]), generator=generator)
+        index = members[row]
+        return mean[variant, row] + std[variant, row] * noise, self.labels[index], index
+
+
+def _bucket_step(backbone: Backbone, size: int) -> int:
+    """Bucket sides are multiples of this: what the UNet can halve down to (VAE x UNet downsampling),
+    and at least size / 16 (64 px at SDXL's 1024)."""
+    unet_down = 2 ** (len(backbone.unet.config.block_out_channels) - 1)
+    return max(backbone.vae_scale_factor * unet_down, size // 16)
 
 
 @contextmanager
