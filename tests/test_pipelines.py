@@ -240,3 +240,12 @@ def test_bad_input_gives_one_error_line(case, world, junk, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("dreamdist: error: ")
     assert re.search(message, err[0]), err[0]
+
+
+@pytest.mark.parametrize("case", ["missing init image", "not a controlnet folder"])
+def test_bad_inputs_fail_before_the_model_loads(case, world, junk, tmp_path, capsys):
+    flags, message = BAD[case]
+    names = dict(junk=junk, init=world["init"])
+    argv = ["generate", "--model", str(tmp_path / "no-such-model"), "--prompt", "a dog", "--out", str(tmp_path / "o")]
+    assert main(argv + [flag.format(**names) for flag in flags]) == 2
+    assert re.search(message, capsys.readouterr().err)  # not the missing model's error

@@ -169,8 +169,12 @@ class GenerateConfig:
         metadata=help_("denoising scheduler (default: the checkpoint's)", choices=SCHEDULER_NAMES),
     )
     negative_prompt: str = field(default="", metadata=help_("negative prompt for classifier-free guidance"))
-    height: int | None = field(default=None, metadata=help_("image height (default: the model's)"))
-    width: int | None = field(default=None, metadata=help_("image width (default: the model's)"))
+    height: int | None = field(
+        default=None, metadata=help_("image height (default: the model's; other pipelines: the input image's)")
+    )
+    width: int | None = field(
+        default=None, metadata=help_("image width (default: the model's; other pipelines: the input image's)")
+    )
     pipeline: str = field(
         default="text2img",
         metadata=help_(

@@ -39,6 +39,7 @@ from dreamdist.pipeline import (
     RenderSettings,
     assemble_pipeline,
     blocks,
+    controlnet_config,
     load_controlnet,
     load_image_inputs,
     make_grid,
@@ -257,6 +258,8 @@ def generate(config: GenerateConfig, backbone: Backbone | None = None) -> Genera
     """
     artifacts = [load_artifact(path, config.allow_pickle) for path in config.artifacts]
     inputs = image_inputs(config)  # bad image files fail before the model loads
+    if config.controlnet:
+        controlnet_config(config.controlnet)  # so does a folder that holds no ControlNet
     if backbone is None:
         model = config.model or (artifacts[0].meta["backbone"]["model_id"] if artifacts else None)
         if model is None:

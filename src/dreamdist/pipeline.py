@@ -341,7 +341,7 @@ def load_image_inputs(
     )
 
 
-def _controlnet_config(path: str) -> dict:
+def controlnet_config(path: str) -> dict:
     """The ``config.json`` of a ControlNet folder (or cached hub id), checked to be a ``ControlNetModel``."""
     from diffusers import ControlNetModel
 
@@ -367,7 +367,7 @@ def load_controlnet(path: str, backbone: Backbone, allow_pickle: bool = False):
     """
     from diffusers import ControlNetModel
 
-    config = _controlnet_config(path)
+    config = controlnet_config(path)
     family = "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
     if family != backbone.family:
         raise ValueError(

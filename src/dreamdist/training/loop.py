@@ -66,7 +66,7 @@ class LatentCache:
         self.labels = data.labels  # (N,)
         buckets = data.buckets(_bucket_step(backbone, data.size)) if backbone.family == "sdxl" else None
         if buckets is None or set(buckets) == {(data.size, data.size)}:
-            self.mean, self.std = self._encode(backbone, [(None, p) for p in data.iter_pixels()], flip)
+            self.mean, self.std = self._encode(backbone, ((None, p) for p in data.iter_pixels()), flip)
             self.groups = None
             return
         # per bucket: its reference indices (n_b,) and posteriors (V, n_b, C, h_b, w_b)
