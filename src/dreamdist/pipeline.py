@@ -26,7 +26,7 @@ from pathlib import Path
 import diffusers
 import torch
 from diffusers import StableDiffusionPipeline
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dreamdist.backbone import FAMILY_NAMES, Backbone
 
@@ -308,7 +308,7 @@ def read_image(path: str | Path, flag: str, mode: str = "RGB") -> Image.Image:
         raise FileNotFoundError(f"{flag} {path}: no such file")
     try:
         with Image.open(file) as image:
-            return image.convert(mode)
+            return (ImageOps.exif_transpose(image) or image).convert(mode)  # camera orientation applied
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"{flag} {path} is not an image PIL can decode ({reason}); pass a PNG, JPEG or WebP") from None
