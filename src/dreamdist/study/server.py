@@ -35,6 +35,7 @@ class StudyServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # a room of raters clicking at once must not overflow the listen backlog
 
     def __init__(self, study: str | Path, address: tuple[str, int]):
         self.study = Path(study)
