@@ -138,7 +138,7 @@ def train_run(variant: Variant, refs, folder: Path, args) -> Path:
     if (run / ARTIFACT_NAME).is_file():
         return run
     config_cls = get_method(variant.method).config
-    settings = dict(steps=args.steps, **variant.train)
+    settings = {"steps": args.steps, **variant.train}
     config = TrainConfig(
         images=str(refs.folder), model="toy", resolution=32, seed=args.seed_now, checkpoint_every=0, progress=False,
         out=str(run), method=variant.method, resume=run.exists(), **settings,

@@ -55,9 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--test", type=int, default=100, help="fresh real test renders per class")
     parser.add_argument("--large", type=int, default=300, help="real images per class of the upper bound")
     parser.add_argument("--steps", type=int, default=300, help="training steps (DreamDistribution, TI)")
-    parser.add_argument("--epochs", type=int, default=15, help="classifier epochs")
+    parser.add_argument("--epochs", type=int, default=30, help="classifier epochs (batch 32)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 60 steps, 24 kept per class, 5 epochs")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 60 steps, 24 kept per class, 20 epochs")
     parser.add_argument("--out", default="bench-out/toy_synthetic", help="working folder (cache) and results")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -155,7 +155,7 @@ def classify_arm(train_dir: Path, test_dir: Path, args, seed: int) -> dict:
     from dreamdist.classify import classify
     from dreamdist.classify.config import ClassifyConfig
 
-    config = ClassifyConfig(epochs=args.epochs, seed=seed, threads=args.threads, progress=False)
+    config = ClassifyConfig(epochs=args.epochs, batch_size=32, seed=seed, threads=args.threads, progress=False)
     result = classify(train_dir, test_dir, config)
     return {"top1": result.evaluation.top1, "train_images": sum(1 for _ in train_dir.rglob("*.png"))}
 

@@ -106,17 +106,26 @@ def find_artifact(path: str | Path) -> Path:
     return path
 
 
+def read_safetensors(path: str | Path, key: str = "dreamdist") -> tuple[dict[str, torch.Tensor], str | None]:
+    """Every tensor of a safetensors file and its ``key`` metadata string (None if absent).
+
+    Raises ``ValueError`` for anything safetensors cannot read (corrupt header, not safetensors).
+    """
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(key)
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    return tensors, raw
+
+
 def load_artifact(path: str | Path, allow_pickle: bool = False) -> Artifact:
     """Open any dreamdist artifact (safetensors). Pickle files need ``allow_pickle``."""
     path = find_artifact(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return _load_pickle(path, allow_pickle)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get("dreamdist")
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    tensors, raw = read_safetensors(path)
     if raw is None:
         raise ValueError(f"{path} is a safetensors file without dreamdist metadata; was it made by dreamdist?")
     meta = json.loads(raw)

@@ -155,14 +155,9 @@ def sample_prompts(config: SamplePromptsConfig, backbone=None) -> Path:
 
 def read_prompt_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and the ``dreamdist`` metadata of a ``sample-prompts`` file."""
-    from safetensors import safe_open
+    from dreamdist.artifact import read_safetensors
 
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get("dreamdist")
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    tensors, raw = read_safetensors(path)
     meta = json.loads(raw) if raw else {}
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a 'dreamdist sample-prompts' file")
