@@ -116,6 +116,7 @@ def ablation_variants() -> dict[str, Variant]:
         "train_gamma=1": {"train_gamma": 1.0},
         "smoothing=0": {"assign_smoothing": 0.0},
         "smoothing=0.3": {"assign_smoothing": 0.3},
+        "M=8+smoothing=0": {"num_tokens": 8, "assign_smoothing": 0.0},
     }
     for name, options in knobs.items():
         out[f"mixture-obj/{name}"] = Variant(f"mixture objective, {name}", dd, {**MIX, **options})
