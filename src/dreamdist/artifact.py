@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dreamdist import __version__
-from dreamdist.atomic import atomic_write_json, fsync_dir, temporary_path
+from dreamdist.atomic import atomic_path, atomic_write_json
 
 ARTIFACT_NAME = "dreamdist.safetensors"
 FORMAT = "dreamdist"
@@ -57,17 +56,8 @@ def file_sha256(path: Path) -> str:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def save_artifact(folder: str | Path, method: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from dreamdist.artifact import atomic_save_safetensors
+from dreamdist.atomic import atomic_path, atomic_write_text
 from dreamdist.classify.augment import MEAN, STD
 from dreamdist.classify.config import ClassifyConfig
 from dreamdist.classify.models import build_model
@@ -83,10 +83,7 @@ def json_safe(value):
 
 def write_json(data: dict, path: Path) -> Path:
     """Pretty JSON, written to a temporary file and renamed over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(json_safe(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(json_safe(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], title: str, path: Path) -> Path:
@@ -114,7 +111,6 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], title: str, p
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     return path

@@ -9,11 +9,11 @@ Runs trained with ``dreamdist train --out RUNS/NAME`` are listed too.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from dreamdist.artifact import ARTIFACT_NAME
+from dreamdist.atomic import atomic_write_json
 from dreamdist.training.checkpoint import list_checkpoints
 
 REQUEST = "studio-run.json"
@@ -35,10 +35,7 @@ def check_name(name: str) -> str:
 
 def write_json(path: Path, value) -> None:
     """Write JSON atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, value, default=str)
 
 
 def read_json(path: Path, default=None):

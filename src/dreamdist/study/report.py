@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from dreamdist.atomic import atomic_path, atomic_write_bytes
 from dreamdist.study import stats, store
 
 SCORE_OF = {"left": 1.0, "right": 0.0, "tie": 0.5}  # score of the left image's set
@@ -127,12 +127,6 @@ def format_text(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def plot_report(report: dict, path: Path) -> None:
     """Win rates with their bootstrap intervals, and the pairwise win matrix, in one PNG."""
     try:
@@ -166,10 +160,9 @@ def plot_report(report: dict, path: Path) -> None:
     ax2.set_yticks(range(len(names)), names)
     ax2.set_title("row beats column")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(report: dict, out: str | Path) -> list[Path]:
@@ -177,7 +170,7 @@ def write_report(report: dict, out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.json", out / "report.md", out / "preference.png"]
-    _write_atomic(paths[0], (json.dumps(report, indent=2) + "\n").encode())
-    _write_atomic(paths[1], ("# Preference study\n\n```\n" + format_text(report) + "\n```\n").encode())
+    atomic_write_bytes(paths[0], (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_bytes(paths[1], ("# Preference study\n\n```\n" + format_text(report) + "\n```\n").encode())
     plot_report(report, paths[2])
     return paths

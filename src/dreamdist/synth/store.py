@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dreamdist.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir, temporary_path
+from dreamdist.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
 from dreamdist.generation import read_rows
 from dreamdist.synth.config import PASS_THROUGH, SynthConfig
 from dreamdist.synth.plan import Plan
@@ -216,20 +216,12 @@ class SynthFolder:
     def _write_tar(self, path: Path, members: list[tuple[str, dict]]) -> None:
         """One shard through a temporary file and a rename; fixed metadata, so equal input gives equal bytes."""
         positions = {c.folder: p for p, c in enumerate(self.plan.classes)}
-        tmp = temporary_path(path)
-        try:
-            with open(tmp, "wb") as handle:
-                with tarfile.open(fileobj=handle, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                    for key, row in members:
-                        png = (self.work / row["file"]).read_bytes()
-                        label = str(positions[row["class"]]).encode()
-                        for suffix, data in (("png", png), ("cls", label), ("json", json.dumps(row).encode())):
-                            _add(tar, f"{key}.{suffix}", data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp, tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, row in members:
+                png = (self.work / row["file"]).read_bytes()
+                label = str(positions[row["class"]]).encode()
+                for suffix, data in (("png", png), ("cls", label), ("json", json.dumps(row).encode())):
+                    _add(tar, f"{key}.{suffix}", data)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
