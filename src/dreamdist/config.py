@@ -271,3 +271,12 @@ class GenerateConfig:
                 )
         if self.strength is not None and not 0 < self.strength <= 1:
             raise ValueError(f"--strength must be in (0, 1] (1 = redraw from noise); got {self.strength}")
+
+
+def like_generate(name: str):
+    """A dataclass field with the default and help of ``GenerateConfig``'s field ``name``, for commands
+    that pass generation options through (synth, sample-prompts)."""
+    from dataclasses import fields
+
+    source = {f.name: f for f in fields(GenerateConfig)}[name]
+    return field(default=source.default, metadata=dict(source.metadata))

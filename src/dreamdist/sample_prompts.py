@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dreamdist.config import DTYPES, SAMPLERS, GenerateConfig, help_
+from dreamdist.config import GenerateConfig, help_, like_generate
 
 if TYPE_CHECKING:
     import torch
@@ -43,24 +43,17 @@ class SamplePromptsConfig:
     artifact: str = field(metadata=help_("run folder or artifact file"))
     out: str = field(metadata=help_("output .safetensors file"))
     n: int = field(default=16, metadata=help_("number of prompt samples (rows)"))
-    sampler: str = field(
-        default="mixture",
-        metadata=help_("DreamDistribution sampler, as in 'dreamdist generate'", choices=SAMPLERS),
-    )
-    gamma: float = field(default=1.0, metadata=help_("diversity: scale of the std (0 = the mean prompt)"))
+    sampler: str = like_generate("sampler")
+    gamma: float = like_generate("gamma")
     seed: int = field(default=0, metadata=help_("row i is drawn with seed + i (as image i of 'dreamdist generate')"))
-    class_name: str | None = field(default=None, metadata=help_("multi-class runs: which class (default: round robin)"))
-    prompt: str | None = field(default=None, metadata=help_("prompt with {} for the learned tokens/concept"))
-    prefix: str | None = field(default=None, metadata=help_("text before the learned tokens (default: as trained)"))
-    suffix: str | None = field(default=None, metadata=help_("text after the learned tokens (default: as trained)"))
-    model: str | None = field(default=None, metadata=help_("backbone (default: the one recorded in the artifact)"))
-    dtype: str | None = field(
-        default=None, metadata=help_("weights dtype (default fp32 on CPU, fp16 on GPU)", choices=DTYPES)
-    )
-    device: str | None = field(default=None, metadata=help_("cuda, cpu, mps (default: best available)"))
-    allow_pickle: bool = field(
-        default=False, metadata=help_("allow pickle (.bin/.pt) files, loaded with weights_only=True")
-    )
+    class_name: str | None = like_generate("class_name")
+    prompt: str | None = like_generate("prompt")
+    prefix: str | None = like_generate("prefix")
+    suffix: str | None = like_generate("suffix")
+    model: str | None = like_generate("model")
+    dtype: str | None = like_generate("dtype")
+    device: str | None = like_generate("device")
+    allow_pickle: bool = like_generate("allow_pickle")
 
     def __post_init__(self) -> None:
         if self.n < 1:

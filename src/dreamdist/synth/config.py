@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
-from dreamdist.config import SAMPLERS, GenerateConfig, help_
+from dreamdist.config import SAMPLERS, GenerateConfig, help_, like_generate
 
 FILTERS = ("clip", "none")
 FORMATS = ("imagefolder", "webdataset")
@@ -27,12 +26,6 @@ PASS_THROUGH = (
     "height",
     "width",
 )
-
-
-def _like_generate(name: str):
-    """A field with the default and help of ``GenerateConfig``'s field of the same name."""
-    source = {f.name: f for f in dataclasses.fields(GenerateConfig)}[name]
-    return field(default=source.default, metadata=dict(source.metadata))
 
 
 @dataclass
@@ -65,22 +58,22 @@ class SynthConfig:
     batch_size: int = field(default=8, metadata=help_("images per pipeline call"))
     seed: int = field(default=0, metadata=help_("image i of the c-th class uses seed + c * 2**20 + i"))
     model: str | None = field(default=None, metadata=help_("backbone (default: the one recorded in the runs)"))
-    sampler: str = _like_generate("sampler")
-    gamma: float = _like_generate("gamma")
-    mix_rule: str = _like_generate("mix_rule")
-    prefix: str | None = _like_generate("prefix")
-    suffix: str | None = _like_generate("suffix")
-    prompt: str | None = _like_generate("prompt")
-    guidance_scale: float | None = _like_generate("guidance_scale")
-    num_inference_steps: int | None = _like_generate("num_inference_steps")
-    scheduler: str | None = _like_generate("scheduler")
-    negative_prompt: str = _like_generate("negative_prompt")
-    height: int | None = _like_generate("height")
-    width: int | None = _like_generate("width")
-    dtype: str | None = _like_generate("dtype")
-    device: str | None = _like_generate("device")
-    allow_pickle: bool = _like_generate("allow_pickle")
-    progress: bool = _like_generate("progress")
+    sampler: str = like_generate("sampler")
+    gamma: float = like_generate("gamma")
+    mix_rule: str = like_generate("mix_rule")
+    prefix: str | None = like_generate("prefix")
+    suffix: str | None = like_generate("suffix")
+    prompt: str | None = like_generate("prompt")
+    guidance_scale: float | None = like_generate("guidance_scale")
+    num_inference_steps: int | None = like_generate("num_inference_steps")
+    scheduler: str | None = like_generate("scheduler")
+    negative_prompt: str = like_generate("negative_prompt")
+    height: int | None = like_generate("height")
+    width: int | None = like_generate("width")
+    dtype: str | None = like_generate("dtype")
+    device: str | None = like_generate("device")
+    allow_pickle: bool = like_generate("allow_pickle")
+    progress: bool = like_generate("progress")
 
     def __post_init__(self) -> None:
         if self.keep is None:
