@@ -254,8 +254,6 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
     step, streak = 0, 0
     if config.resume:
         step = _resume(config, out, method, optimizer, accelerator, generator, run_meta, total_steps)
-    for group, peak in zip(optimizer.param_groups, peak_rates):  # this run's rates, also after a resume
-        group["lr"] = group["initial_lr"] = peak
     schedule = _lr_schedule(config, total_steps)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -280,7 +278,7 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
     with stop_on_signals() as stop:
         while step < total_steps:
             method.begin_step(step, total_steps)
-            for group, peak in zip(optimizer.param_groups, peak_rates):
+            for group, peak in zip(optimizer.param_groups, peak_rates):  # this run's rates, also after a resume
                 group["lr"] = peak * schedule(step)
             optimizer.zero_grad(set_to_none=True)
             finite, logs = True, {}
