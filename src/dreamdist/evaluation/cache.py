@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
+from dreamdist.artifact import atomic_save_safetensors
 from dreamdist.evaluation.defaults import default_cache_dir  # noqa: F401 (re-export)
 from dreamdist.evaluation.features import FeatureInfo, Images, extract_features
 
@@ -59,11 +58,8 @@ def load_cached(path: Path, count: int, dim: int) -> torch.Tensor | None:
 
 def save_cached(path: Path, features: torch.Tensor, info: FeatureInfo, image_hash: str) -> None:
     """Write features (N, d) with their identity as safetensors metadata, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model_id": info.model_id, "weights": info.weights, "kind": info.kind, "images": image_hash}
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({"features": features.contiguous()}, str(temporary), metadata=meta)
-    os.replace(temporary, path)
+    atomic_save_safetensors({"features": features}, path, meta)
 
 
 def cached_features(
