@@ -106,6 +106,8 @@ def ablation_variants() -> dict[str, Variant]:
                     {"sampler": sampler, "gamma": gamma},
                 )
     knobs = {
+        "S=4 candidates": {"num_samples": 4},
+        "S=4+margin=0": {"num_samples": 4, "assign_margin": 0.0},
         "K=8": {"num_prompts": 8},
         "K=16": {"num_prompts": 16},
         "S=8": {"num_samples": 8},
@@ -120,6 +122,14 @@ def ablation_variants() -> dict[str, Variant]:
     }
     for name, options in knobs.items():
         out[f"mixture-obj/{name}"] = Variant(f"mixture objective, {name}", dd, {**MIX, **options})
+    for name, options, train in (
+        ("previous defaults (S=4, margin 0, batch 4, all timesteps)", {"num_samples": 4, "assign_margin": 0.0},
+         {"batch_size": 4, "min_timestep": 0.0}),
+        ("S=4 candidates, batch 4", {"num_samples": 4}, {"batch_size": 4}),
+        ("S=2 candidates, batch 8", {"num_samples": 2}, {"batch_size": 8}),
+        ("all timesteps", {}, {"min_timestep": 0.0}),
+    ):  # fmt: skip
+        out[f"mixture-obj/{name}"] = Variant(f"mixture objective, {name}", dd, {**MIX, **options}, train=train)
     for name, train in {
         "steps=150": {"steps": 150},
         "steps=600": {"steps": 600},

@@ -74,6 +74,16 @@ def test_winner_take_all_weights_the_best_candidate():
     assert hard.item() == pytest.approx((0.5 + 0.1) / 2)
 
 
+def test_a_candidate_takes_an_image_over_only_by_the_margin():
+    losses = torch.tensor([[1.0, 0.2], [0.5, 0.185], [2.0, 0.19]])  # (S=3, B=2), row 0 = the current owners
+    _, winner = winner_take_all(losses, smoothing=0.0, margin=0.1)
+    assert winner.tolist() == [1, 0]  # 0.5 < 0.9 * 1.0 takes over; 0.185 is not < 0.9 * 0.2
+    _, winner = winner_take_all(losses, smoothing=0.0, margin=0.0)
+    assert winner.tolist() == [1, 1]
+    loss, winner = winner_take_all(losses, smoothing=0.0, margin=0.6)
+    assert winner.tolist() == [0, 0] and loss.item() == pytest.approx((1.0 + 0.2) / 2)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("mixture")

@@ -182,3 +182,25 @@ def test_config_validation_names_the_flag():
         TrainConfig(images="x", out="y", mixed_precision="fp8")
     with pytest.raises(ValueError, match="--num-prompts"):
         DreamDistributionConfig(num_prompts=1)
+
+
+def test_timesteps_start_at_the_method_default_or_min_timestep(refs, tiny_model, tmp_path, monkeypatch):
+    total = Backbone.from_pretrained(str(tiny_model)).scheduler.config.num_train_timesteps
+    seen: list[int] = []
+    real = Backbone.unet_forward
+
+    def spy(self, noisy, timesteps, hidden):
+        seen.extend(timesteps.tolist())
+        return real(self, noisy, timesteps, hidden)
+
+    monkeypatch.setattr(Backbone, "unet_forward", spy)
+    for objective, min_timestep, low in (("mixture", None, 0.3), ("gaussian", None, 0.0), ("mixture", 0.9, 0.9)):
+        seen.clear()
+        out = tmp_path / f"{objective}{min_timestep}"
+        method = dataclasses.replace(SMALL, objective=objective)
+        train(config(refs, tiny_model, out, steps=8, min_timestep=min_timestep), method)
+        assert round(low * total) <= min(seen) and max(seen) < total
+        if low == 0:
+            assert min(seen) < 0.3 * total  # the paper's mode draws from the whole schedule
+    with pytest.raises(ValueError, match="min-timestep"):
+        TrainConfig(images="x", out="y", min_timestep=1.0)

@@ -45,7 +45,16 @@ class TrainConfig:
     max_grad_norm: float | None = field(
         default=None, metadata=help_("clip the gradient norm of the trainables to this value (default: no clipping)")
     )
-    batch_size: int = field(default=4, metadata=help_("images per step"))
+    min_timestep: float | None = field(
+        default=None,
+        metadata=help_(
+            "train on timesteps from this fraction of the noise schedule up (0: all of it; default: the "
+            "method's, 0.3 for DreamDistribution, whose prompts are learned where they shape the image)"
+        ),
+    )
+    batch_size: int | None = field(
+        default=None, metadata=help_("images per step (default: the method's; 4, DreamDistribution's mixture 16)")
+    )
     gradient_accumulation: int = field(default=1, metadata=help_("micro-batches accumulated per optimizer step"))
     resolution: int | None = field(default=None, metadata=help_("training image side in pixels (default: the model's)"))
     flip: bool = field(default=False, metadata=help_("random horizontal flips (both variants are cached)"))
@@ -93,7 +102,7 @@ class TrainConfig:
     progress: bool = field(default=True, metadata=help_("show a progress bar"))
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.gradient_accumulation < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.gradient_accumulation < 1:
             raise ValueError("--batch-size and --gradient-accumulation must be >= 1")
         if self.steps is not None and self.steps < 1:
             raise ValueError("--steps must be >= 1")
@@ -108,6 +117,8 @@ class TrainConfig:
             )
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}; got {self.lr_scheduler!r}")
+        if self.min_timestep is not None and not 0 <= self.min_timestep < 1:
+            raise ValueError(f"--min-timestep is a fraction of the noise schedule in [0, 1); got {self.min_timestep}")
         if self.lr_warmup_steps < 0:
             raise ValueError("--lr-warmup-steps must be >= 0")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:

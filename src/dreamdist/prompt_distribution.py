@@ -113,14 +113,19 @@ def mixture_draw(
     return hidden[k] + gamma * omega * std, k
 
 
-def winner_take_all(losses: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+def winner_take_all(losses: torch.Tensor, smoothing: float, margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Relaxed winner-take-all over candidates: (S, B) losses -> (scalar loss, winners (B,)).
 
-    Each image's lowest-loss candidate gets weight ``1 - smoothing``, and every candidate
+    Row 0 holds each image's current owner. The lowest-loss candidate wins only if it beats the
+    owner by the relative ``margin`` (``loss < (1 - margin) * owner's loss``; all candidates share
+    the noise and timestep, so this is a paired comparison): one lucky draw of an untrained prompt
+    does not take an image over. The winner gets weight ``1 - smoothing``, and every candidate
     ``smoothing / S`` more, so losing prompts still learn a little.
     """
-    s = losses.shape[0]
-    winner = losses.detach().argmin(dim=0)  # (B,)
+    s, detached = losses.shape[0], losses.detach()
+    best = detached.argmin(dim=0)  # (B,)
+    beats_owner = detached.gather(0, best[None])[0] < (1 - margin) * detached[0]  # (B,)
+    winner = torch.where(beats_owner, best, torch.zeros_like(best))  # (B,)
     weights = torch.full_like(losses, smoothing / s)  # (S, B)
     weights.scatter_add_(0, winner[None], torch.full_like(losses[:1], 1 - smoothing))
     return (weights * losses).sum(dim=0).mean(), winner

@@ -68,6 +68,8 @@ class Method(Protocol):
     name: str
     default_steps: int
     default_learning_rate: float
+    default_batch_size: int = 4
+    default_min_timestep: float = 0.0  # lowest noise level trained, a fraction of the schedule's timesteps
     checkpoint_steps: tuple[int, ...] | set[int] = ()  # extra steps after which a checkpoint is written
     stage: int | None = None  # recorded in checkpoint metadata (multi-stage methods)
 

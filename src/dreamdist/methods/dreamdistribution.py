@@ -6,10 +6,13 @@ Two training objectives and two samplers (METHODS.md §8), named choices:
   Gaussian fitted over the K prompts' features;
 - objective ``mixture``: the K prompts are mixture components and every reference image has an
   owner among them (initially image i -> prompt i mod K). Each image is denoised with S
-  candidates (``c_k + train_gamma * omega * sigma``): its owner and S - 1 other prompts. The
-  candidate that denoises it best takes most of the loss (relaxed winner-take-all) and becomes
+  candidates (``c_k + train_gamma * omega * sigma``): its owner and S - 1 other prompts. With the
+  default S = 1 each image trains its own prompt; with S >= 2 a candidate that denoises it better
+  than its owner by ``assign_margin`` takes most of the loss (relaxed winner-take-all) and becomes
   its owner: online hard EM, so each prompt learns the subset of references it explains. The
-  owners' shares are saved as the components' weights.
+  owners' shares are saved as the components' weights. By default it trains 16 images per step
+  (the paper's 4 images x 4 samples, same cost) on the top 70 % of the noise schedule, where a
+  prompt decides colour and shape (``bench/toy_quality.py`` measured each choice).
 - sampler ``gaussian`` (the paper): ``mu + gamma * omega * sigma`` (weighted by the components'
   weights when the artifact has them);
 - sampler ``mixture``: the component at ``spread(image seed)`` of the weights' CDF (consecutive
@@ -44,6 +47,7 @@ from dreamdist.prompt_distribution import (
 )
 
 OBJECTIVES = ("gaussian", "mixture")
+MIN_TIMESTEP = 0.3  # mixture objective: train on the top 70 % of the noise schedule
 NOISE_OF_GAUSSIAN_RUNS = 0.5  # mixture sampler on a run trained with the Gaussian objective: sigma scale at gamma 1
 
 
@@ -59,7 +63,14 @@ class DreamDistributionConfig:
     num_tokens: int = field(
         default=4, metadata=help_("M: learnable tokens per prompt (paper: 4 quantitative, 8 figures)")
     )
-    num_samples: int = field(default=4, metadata=help_("S: reparameterized prompt samples per image per step"))
+    num_samples: int | None = field(
+        default=None,
+        metadata=help_(
+            "S, per image per step: Gaussian objective: reparameterized samples (default 4, the paper's); mixture: "
+            "candidate prompts (default 1: each image trains its own prompt; >= 2 lets an image move to the "
+            "candidate that fits it best, which clusters references when they outnumber the K prompts)"
+        ),
+    )
     ortho_weight: float = field(default=5e-3, metadata=help_("lambda: weight of the orthogonality loss"))
     ortho_kind: str = field(default="abs", metadata=help_("'abs' (paper eq. 5) or 'squared' (public code)"))
     prefix: str = field(default="", metadata=help_("fixed words before the learned tokens, e.g. 'a photo of'"))
@@ -82,11 +93,20 @@ class DreamDistributionConfig:
             "learning rate) plus its own part, trained at this multiple of the learning rate"
         ),
     )
+    assign_margin: float = field(
+        default=0.1,
+        metadata=help_(
+            "mixture objective: a candidate takes an image from its owner only if its loss is this much lower "
+            "(relative; 0 = any lower loss)"
+        ),
+    )
     assign_smoothing: float = field(
         default=0.1, metadata=help_("mixture objective: loss share spread over the losing candidates (0 = hard)")
     )
 
     def __post_init__(self) -> None:
+        if self.num_samples is None:
+            self.num_samples = 4 if self.objective == "gaussian" else 1
         if self.num_prompts < 2:
             raise ValueError("--num-prompts (K) must be >= 2: the std over prompts needs at least two")
         if self.num_tokens < 1 or self.num_samples < 1:
@@ -99,6 +119,8 @@ class DreamDistributionConfig:
             raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
         if self.train_gamma < 0 or not 0 <= self.assign_smoothing <= 1 or self.own_lr_scale <= 0:
             raise ValueError("--train-gamma must be >= 0, --assign-smoothing in [0, 1], --own-lr-scale > 0")
+        if not 0 <= self.assign_margin < 1:
+            raise ValueError(f"--assign-margin is a relative loss margin in [0, 1); got {self.assign_margin}")
 
 
 def all_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -126,6 +148,11 @@ class DreamDistribution(Method):
 
     def __init__(self, config: DreamDistributionConfig):
         self.config = config
+        # mixture objective (bench/toy_quality.py): 16 images per step, each training its own prompt, on the
+        # timesteps where the prompt shapes the image; the paper's: 4 images x S = 4 samples, every timestep
+        mixture = config.objective == "mixture"
+        self.default_min_timestep = MIN_TIMESTEP if mixture else 0.0
+        self.default_batch_size = 16 if mixture else 4
         self.prompts: PromptDistribution | None = None
         self.templates: list[PromptTemplate] = []
         self.class_names: list[str] = []
@@ -205,7 +232,7 @@ class DreamDistribution(Method):
             samples = centres + cfg.train_gamma * omega * std[None]
 
             def combine(losses: torch.Tensor) -> torch.Tensor:
-                loss, winner = winner_take_all(losses, cfg.assign_smoothing)  # winner (B,) in 0..S-1
+                loss, winner = winner_take_all(losses, cfg.assign_smoothing, cfg.assign_margin)  # (B,) in 0..S-1
                 best = pick.gather(0, winner.cpu()[None])[0]  # (B,) the best candidate owns the image
                 self.owners[all_ranks(indices.cpu())] = all_ranks(best)  # every process keeps the same owners
                 return loss
