@@ -21,7 +21,8 @@ from _common import SIZES, run_isolated, time_steps
 
 # name -> (registry method, config kwargs, two-stage stage to time)
 VARIANTS = {
-    "dreamdistribution": ("dreamdistribution", {}, None),
+    # S = 4 rows per image at batch 4: the UNet work of a default step (16 images x S = 1)
+    "dreamdistribution": ("dreamdistribution", {"num_samples": 4}, None),
     "textual-inversion": ("textual-inversion", {"init_word": "toy"}, None),
     "dreambooth": ("dreambooth", {"class_noun": "dog", "prior_preservation": False}, None),
     "dreambooth+prior": ("dreambooth", {"class_noun": "dog", "class_images": 4}, None),

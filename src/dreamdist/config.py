@@ -48,8 +48,8 @@ class TrainConfig:
     min_timestep: float | None = field(
         default=None,
         metadata=help_(
-            "train on timesteps from this fraction of the noise schedule up (0: all of it; default: the "
-            "method's, 0.3 for DreamDistribution, whose prompts are learned where they shape the image)"
+            "train on timesteps from this fraction of the noise schedule up (0: all of it; default: the method's, "
+            "0.3 for DreamDistribution's mixture objective, whose prompts matter most at high noise)"
         ),
     )
     batch_size: int | None = field(
