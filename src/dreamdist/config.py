@@ -49,7 +49,7 @@ class TrainConfig:
         default=None,
         metadata=help_(
             "train on timesteps from this fraction of the noise schedule up (0: all of it; default: the method's, "
-            "0.3 for DreamDistribution's mixture objective, whose prompts matter most at high noise)"
+            "0.15 for DreamDistribution's mixture objective, whose prompts matter most at high noise)"
         ),
     )
     batch_size: int | None = field(

@@ -11,7 +11,7 @@ Two training objectives and two samplers (METHODS.md §8), named choices:
   than its owner by ``assign_margin`` takes most of the loss (relaxed winner-take-all) and becomes
   its owner: online hard EM, so each prompt learns the subset of references it explains. The
   owners' shares are saved as the components' weights. By default it trains 16 images per step
-  (the paper's 4 images x 4 samples, same cost) on the top 70 % of the noise schedule, where a
+  (the paper's 4 images x 4 samples, same cost) on the top 85 % of the noise schedule, where a
   prompt decides colour and shape (``bench/toy_quality.py`` measured each choice).
 - sampler ``gaussian`` (the paper): ``mu + gamma * omega * sigma`` (weighted by the components'
   weights when the artifact has them);
@@ -47,7 +47,7 @@ from dreamdist.prompt_distribution import (
 )
 
 OBJECTIVES = ("gaussian", "mixture")
-MIN_TIMESTEP = 0.3  # mixture objective: train on the top 70 % of the noise schedule
+MIN_TIMESTEP = 0.15  # mixture objective: train on the top 85 % of the noise schedule
 NOISE_OF_GAUSSIAN_RUNS = 0.5  # mixture sampler on a run trained with the Gaussian objective: sigma scale at gamma 1
 
 
