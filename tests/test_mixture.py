@@ -216,3 +216,29 @@ def test_shared_part_and_learning_rates(backbone, tmp_path):
     paper = DreamDistribution(DreamDistributionConfig(num_prompts=4, num_tokens=2, objective="gaussian"))
     paper.setup(backbone, ReferenceSet.from_folder(refs, 32), torch.Generator().manual_seed(0))
     assert paper.prompts.shared is None and "lr" not in paper.param_groups(1e-3)[0]
+
+
+def test_each_objective_has_its_own_defaults():
+    from dreamdist.methods.dreamdistribution import DreamDistribution
+
+    paper = DreamDistribution(DreamDistributionConfig(objective="gaussian"))
+    mixture = DreamDistribution(DreamDistributionConfig())
+    assert (paper.config.num_samples, paper.default_batch_size, paper.default_min_timestep) == (4, 4, 0.0)
+    assert (mixture.config.num_samples, mixture.default_batch_size) == (1, 16)  # the same 16 UNet rows per step
+    assert 0 < mixture.default_min_timestep < 0.5
+    assert DreamDistributionConfig(num_samples=3).num_samples == 3
+    with pytest.raises(ValueError, match="assign-margin"):
+        DreamDistributionConfig(assign_margin=1.0)
+
+
+def test_with_one_sample_each_image_trains_its_own_prompt(runs, monkeypatch):
+    import dreamdist.methods.dreamdistribution as dd
+
+    seen = []
+    real = dd.winner_take_all
+    monkeypatch.setattr(dd, "winner_take_all", lambda losses, *a: seen.append(losses.shape) or real(losses, *a))
+    config = DreamDistributionConfig(num_prompts=8, num_tokens=2)  # S = 1: the 6 references own prompts 0..5
+    out = runs["root"] / "own"
+    train(TrainConfig(**runs["common"], out=str(out), steps=3, batch_size=4), config)
+    assert seen == [(1, 4)] * 3  # one candidate (the owner) per image, 4 images per step
+    assert load_artifact(out).tensors["weights"][0].tolist() == pytest.approx([1 / 6] * 6 + [0, 0])
