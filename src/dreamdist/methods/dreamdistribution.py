@@ -148,11 +148,6 @@ class DreamDistribution(Method):
 
     def __init__(self, config: DreamDistributionConfig):
         self.config = config
-        # mixture objective (bench/toy_quality.py): 16 images per step, each training its own prompt, on the
-        # timesteps where the prompt shapes the image; the paper's: 4 images x S = 4 samples, every timestep
-        mixture = config.objective == "mixture"
-        self.default_min_timestep = MIN_TIMESTEP if mixture else 0.0
-        self.default_batch_size = 16 if mixture else 4
         self.prompts: PromptDistribution | None = None
         self.templates: list[PromptTemplate] = []
         self.class_names: list[str] = []
@@ -185,6 +180,16 @@ class DreamDistribution(Method):
         labels = self.labels = data.labels.long().cpu()
         rank = torch.stack([(labels[:i] == labels[i]).sum() for i in range(len(labels))]) if len(labels) else labels
         self.owners = rank % cfg.num_prompts  # (N,)
+
+    # mixture objective (bench/toy_quality.py): 16 images per step, each training its own prompt, on the
+    # timesteps where the prompt shapes the image; the paper's: 4 images x S = 4 samples, every timestep
+    @property
+    def default_batch_size(self) -> int:
+        return 16 if self.config.objective == "mixture" else 4
+
+    @property
+    def default_min_timestep(self) -> float:
+        return MIN_TIMESTEP if self.config.objective == "mixture" else 0.0
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.prompts]

@@ -200,7 +200,7 @@ def method_loss(
     if cond.prior is not None:
         prior = cond.prior
         prior_loss = diffusion_loss(backbone, prior.latents, prior.hidden, 1, generator, min_timestep).mean()
-        total = total + cond.prior.weight * prior_loss
+        total = total + prior.weight * prior_loss
         logs["prior_loss"] = float(prior_loss.detach())
     return total, loss, logs
 
