@@ -124,10 +124,12 @@ def ablation_variants() -> dict[str, Variant]:
         out[f"mixture-obj/{name}"] = Variant(f"mixture objective, {name}", dd, {**MIX, **options})
     for name, options, train in (
         ("previous defaults (S=4, margin 0, batch 4, all timesteps)", {"num_samples": 4, "assign_margin": 0.0},
-         {"batch_size": 4, "min_timestep": 0.0}),
+         {"batch_size": 4, "min_timestep": 0.0, "max_timestep": 1.0}),
         ("S=4 candidates, batch 4", {"num_samples": 4}, {"batch_size": 4}),
         ("S=2 candidates, batch 8", {"num_samples": 2}, {"batch_size": 8}),
-        ("all timesteps", {}, {"min_timestep": 0.0}),
+        ("all timesteps", {}, {"min_timestep": 0.0, "max_timestep": 1.0}),
+        ("noisiest timesteps too (max 1.0, the previous default)", {}, {"max_timestep": 1.0}),
+        ("timesteps below 0.55", {}, {"max_timestep": 0.55}),
     ):  # fmt: skip
         out[f"mixture-obj/{name}"] = Variant(f"mixture objective, {name}", dd, {**MIX, **options}, train=train)
     for name, train in {

@@ -223,9 +223,10 @@ def test_each_objective_has_its_own_defaults():
 
     paper = DreamDistribution(DreamDistributionConfig(objective="gaussian"))
     mixture = DreamDistribution(DreamDistributionConfig())
-    assert (paper.config.num_samples, paper.default_batch_size, paper.default_min_timestep) == (4, 4, 0.0)
+    assert (paper.config.num_samples, paper.default_batch_size, paper.default_timesteps) == (4, 4, (0.0, 1.0))
     assert (mixture.config.num_samples, mixture.default_batch_size) == (1, 16)  # the same 16 UNet rows per step
-    assert 0 < mixture.default_min_timestep < 0.5
+    low, high = mixture.default_timesteps
+    assert 0 < low < 0.5 < high < 1
     assert DreamDistributionConfig(num_samples=3).num_samples == 3
     with pytest.raises(ValueError, match="assign-margin"):
         DreamDistributionConfig(assign_margin=1.0)

@@ -184,7 +184,7 @@ def test_config_validation_names_the_flag():
         DreamDistributionConfig(num_prompts=1)
 
 
-def test_timesteps_start_at_the_method_default_or_min_timestep(refs, tiny_model, tmp_path, monkeypatch):
+def test_timesteps_span_the_method_default_or_the_given_range(refs, tiny_model, tmp_path, monkeypatch):
     total = Backbone.from_pretrained(str(tiny_model)).scheduler.config.num_train_timesteps
     seen: list[int] = []
     real = Backbone.unet_forward
@@ -194,13 +194,23 @@ def test_timesteps_start_at_the_method_default_or_min_timestep(refs, tiny_model,
         return real(self, noisy, timesteps, hidden)
 
     monkeypatch.setattr(Backbone, "unet_forward", spy)
-    for objective, min_timestep, low in (("mixture", None, 0.15), ("gaussian", None, 0.0), ("mixture", 0.9, 0.9)):
+    cases = [
+        ("mixture", {}, (0.15, 0.7)),
+        ("gaussian", {}, (0.0, 1.0)),
+        ("mixture", {"min_timestep": 0.5}, (0.5, 0.7)),
+        ("mixture", {"max_timestep": 1.0}, (0.15, 1.0)),
+        ("gaussian", {"min_timestep": 0.2, "max_timestep": 0.4}, (0.2, 0.4)),
+    ]
+    for n, (objective, given, (low, high)) in enumerate(cases):
         seen.clear()
-        out = tmp_path / f"{objective}{min_timestep}"
         method = dataclasses.replace(SMALL, objective=objective)
-        train(config(refs, tiny_model, out, steps=8, min_timestep=min_timestep), method)
-        assert round(low * total) <= min(seen) and max(seen) < total
-        if low == 0:
-            assert min(seen) < 0.15 * total  # the paper's mode draws from the whole schedule
+        train(config(refs, tiny_model, tmp_path / f"run{n}", steps=8, **given), method)
+        assert round(low * total) <= min(seen) and max(seen) < round(high * total)
+        middle = (low + high) / 2 * total
+        assert min(seen) < middle < max(seen)  # both halves of the range are drawn
     with pytest.raises(ValueError, match="min-timestep"):
         TrainConfig(images="x", out="y", min_timestep=1.0)
+    with pytest.raises(ValueError, match="max-timestep"):
+        TrainConfig(images="x", out="y", max_timestep=0.0)
+    with pytest.raises(ValueError, match="empty"):
+        train(config(refs, tiny_model, tmp_path / "empty", steps=8, min_timestep=0.8), SMALL)  # mixture: below 0.7

@@ -48,8 +48,15 @@ class TrainConfig:
     min_timestep: float | None = field(
         default=None,
         metadata=help_(
-            "train on timesteps from this fraction of the noise schedule up (0: all of it; default: the method's, "
-            "0.15 for DreamDistribution's mixture objective, whose prompts matter most at high noise)"
+            "train on timesteps from this fraction of the noise schedule up (default: the method's; 0, "
+            "DreamDistribution's mixture objective 0.15)"
+        ),
+    )
+    max_timestep: float | None = field(
+        default=None,
+        metadata=help_(
+            "train on timesteps below this fraction of the noise schedule (default: the method's; 1, "
+            "DreamDistribution's mixture objective 0.7: at the noisiest levels a prompt memorises its image's layout)"
         ),
     )
     batch_size: int | None = field(
@@ -119,6 +126,8 @@ class TrainConfig:
             raise ValueError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}; got {self.lr_scheduler!r}")
         if self.min_timestep is not None and not 0 <= self.min_timestep < 1:
             raise ValueError(f"--min-timestep is a fraction of the noise schedule in [0, 1); got {self.min_timestep}")
+        if self.max_timestep is not None and not 0 < self.max_timestep <= 1:
+            raise ValueError(f"--max-timestep is a fraction of the noise schedule in (0, 1]; got {self.max_timestep}")
         if self.lr_warmup_steps < 0:
             raise ValueError("--lr-warmup-steps must be >= 0")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:

@@ -69,7 +69,7 @@ class Method(Protocol):
     default_steps: int
     default_learning_rate: float
     default_batch_size: int = 4
-    default_min_timestep: float = 0.0  # lowest noise level trained, a fraction of the schedule's timesteps
+    default_timesteps: tuple[float, float] = (0.0, 1.0)  # noise levels trained, [low, high) fractions of the schedule
     checkpoint_steps: tuple[int, ...] | set[int] = ()  # extra steps after which a checkpoint is written
     stage: int | None = None  # recorded in checkpoint metadata (multi-stage methods)
 

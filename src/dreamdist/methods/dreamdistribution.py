@@ -47,7 +47,7 @@ from dreamdist.prompt_distribution import (
 )
 
 OBJECTIVES = ("gaussian", "mixture")
-MIN_TIMESTEP = 0.15  # mixture objective: train on the top 85 % of the noise schedule
+TIMESTEPS = (0.15, 0.7)  # mixture objective: the noise levels trained, fractions of the schedule
 NOISE_OF_GAUSSIAN_RUNS = 0.5  # mixture sampler on a run trained with the Gaussian objective: sigma scale at gamma 1
 
 
@@ -188,8 +188,8 @@ class DreamDistribution(Method):
         return 16 if self.config.objective == "mixture" else 4
 
     @property
-    def default_min_timestep(self) -> float:
-        return MIN_TIMESTEP if self.config.objective == "mixture" else 0.0
+    def default_timesteps(self) -> tuple[float, float]:
+        return TIMESTEPS if self.config.objective == "mixture" else (0.0, 1.0)
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.prompts]

@@ -147,21 +147,23 @@ def diffusion_loss(
     hidden: torch.Tensor,
     repeats: int,
     generator: torch.Generator,
-    min_timestep: float = 0.0,
+    timestep_range: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     """The denoising loss, once for all methods.
 
     Args:
         latents: (B, C, h, w) scaled clean latents.
         hidden: (R*B, L, d) prompt features, repeat-major; the same noise and timestep serve all R.
-        min_timestep: timesteps are drawn uniformly from ``[min_timestep * T, T)`` (T: the schedule's).
+        timestep_range: (low, high) fractions of the schedule; timesteps are drawn uniformly from
+            ``[low * T, high * T)`` (T: the schedule's length).
     Returns:
         (R, B): per repeat and image, the mean over elements of ``|| target - unet(x_t, t, c) ||^2``.
     """
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     steps = backbone.scheduler.config.num_train_timesteps
-    timesteps = torch.randint(round(min_timestep * steps), steps, (batch,), generator=generator).to(latents.device)
+    low, high = (round(fraction * steps) for fraction in timestep_range)
+    timesteps = torch.randint(low, max(high, low + 1), (batch,), generator=generator).to(latents.device)
     noisy = backbone.scheduler.add_noise(latents, noise, timesteps)  # (B, C, h, w)
     target = backbone.training_target(latents, noise, timesteps)
     pred = backbone.unet_forward(
@@ -180,7 +182,7 @@ def method_loss(
     labels: torch.Tensor,
     generator: torch.Generator,
     indices: torch.Tensor | None = None,
-    min_timestep: float = 0.0,
+    timestep_range: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """The objective of one micro-batch: the denoising loss, the method's auxiliary term, and its
     weighted prior batch (e.g. prior preservation: the same loss on class images).
@@ -188,21 +190,33 @@ def method_loss(
     Args:
         latents: (B, C, h, w) scaled clean latents; labels: (B,) their concepts.
         indices: (B,) their rows in the reference set (None: not references).
-        min_timestep: the lowest noise level trained, a fraction of the schedule (``diffusion_loss``).
+        timestep_range: the noise levels trained, fractions of the schedule (``diffusion_loss``).
     Returns:
         (total loss, the denoising loss alone, extra scalars to log).
     """
     cond = method.condition(backbone, labels, generator, indices)
-    losses = diffusion_loss(backbone, latents, cond.hidden, cond.repeats, generator, min_timestep)  # (R, B)
+    losses = diffusion_loss(backbone, latents, cond.hidden, cond.repeats, generator, timestep_range)  # (R, B)
     loss = cond.combine(losses) if cond.combine is not None else losses.mean()
     total = loss + (cond.aux_loss if cond.aux_loss is not None else 0.0)
     logs = dict(cond.logs)
     if cond.prior is not None:
         prior = cond.prior
-        prior_loss = diffusion_loss(backbone, prior.latents, prior.hidden, 1, generator, min_timestep).mean()
+        prior_loss = diffusion_loss(backbone, prior.latents, prior.hidden, 1, generator, timestep_range).mean()
         total = total + prior.weight * prior_loss
         logs["prior_loss"] = float(prior_loss.detach())
     return total, loss, logs
+
+
+def resolve_timesteps(config: TrainConfig, method: Method) -> tuple[float, float]:
+    """The trained noise levels: --min-timestep / --max-timestep, else the method's defaults."""
+    low, high = method.default_timesteps
+    low = low if config.min_timestep is None else config.min_timestep
+    high = high if config.max_timestep is None else config.max_timestep
+    if not low < high:
+        raise ValueError(
+            f"the trained timesteps [{low}, {high}) are empty: --min-timestep must be below --max-timestep"
+        )
+    return low, high
 
 
 def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, dict], None] | None = None) -> Path:
@@ -251,7 +265,7 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
     peak_rates = [group["lr"] for group in optimizer.param_groups]
     cache = LatentCache(backbone, data, config.flip)
     total_steps = config.steps or method.default_steps
-    min_timestep = method.default_min_timestep if config.min_timestep is None else config.min_timestep
+    timestep_range = resolve_timesteps(config, method)
     batch_size = config.batch_size or method.default_batch_size
     run_meta = {
         "method": method.name,
@@ -298,7 +312,7 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
                 latents = (latents.to(accelerator.device) - backbone.latent_shift) * backbone.latent_scale
                 with accelerator.autocast():
                     total, loss, extra = method_loss(
-                        backbone, method, latents, labels, generator, indices, min_timestep
+                        backbone, method, latents, labels, generator, indices, timestep_range
                     )
                 # every micro-batch runs on every rank (methods may hold collectives inside the loss)
                 finite = finite and bool(torch.isfinite(total))
