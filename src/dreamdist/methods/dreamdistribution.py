@@ -11,8 +11,9 @@ Two training objectives and two samplers (METHODS.md §8), named choices:
   than its owner by ``assign_margin`` takes most of the loss (relaxed winner-take-all) and becomes
   its owner: online hard EM, so each prompt learns the subset of references it explains. The
   owners' shares are saved as the components' weights. By default it trains 16 images per step
-  (the paper's 4 images x 4 samples, same cost) on the top 85 % of the noise schedule, where a
-  prompt decides colour and shape (``bench/toy_quality.py`` measured each choice).
+  (the paper's 4 images x 4 samples, same cost) on timesteps in [0.15, 0.7) of the noise schedule:
+  below, the target hardly depends on the prompt; above, a prompt learns its one image's layout
+  instead of its attributes (``bench/toy_quality.py`` measured each choice).
 - sampler ``gaussian`` (the paper): ``mu + gamma * omega * sigma`` (weighted by the components'
   weights when the artifact has them);
 - sampler ``mixture``: the component at ``spread(image seed)`` of the weights' CDF (consecutive
