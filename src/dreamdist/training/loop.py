@@ -231,6 +231,7 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
     config_cls, method_cls, *_ = get_method(config.method)
     method_config = method_config if method_config is not None else config_cls()
     method: Method = method_cls(method_config)
+    timestep_range = resolve_timesteps(config, method)  # an empty range fails before anything loads
     out = Path(config.out)
     if not config.resume and list_checkpoints(out):
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -265,7 +266,6 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
     peak_rates = [group["lr"] for group in optimizer.param_groups]
     cache = LatentCache(backbone, data, config.flip)
     total_steps = config.steps or method.default_steps
-    timestep_range = resolve_timesteps(config, method)
     batch_size = config.batch_size or method.default_batch_size
     run_meta = {
         "method": method.name,
