@@ -186,11 +186,11 @@ class DreamDistribution(Method):
     # timesteps where the prompt shapes the image; the paper's: 4 images x S = 4 samples, every timestep
     @property
     def default_batch_size(self) -> int:
-        return 16 if self.config.objective == "mixture" else 4
+        return 16 if self.config.objective == "mixture" else Method.default_batch_size
 
     @property
     def default_timesteps(self) -> tuple[float, float]:
-        return TIMESTEPS if self.config.objective == "mixture" else (0.0, 1.0)
+        return TIMESTEPS if self.config.objective == "mixture" else Method.default_timesteps
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.prompts]
