@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -23,19 +21,24 @@ def server(tmp_path):
     """(base URL, Studio) of a server on a free port, default host."""
     args = build_parser(None).parse_args(["studio", "--port", "0", "--runs", str(tmp_path / "runs")])
     studio = Studio(args.runs, args.model)
-    httpd = make_server(studio, args.host, args.port)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    host, port = httpd.server_address[:2]
-    yield f"http://{host}:{port}", studio
-    httpd.shutdown()
-    httpd.server_close()
+    httpd = make_server(studio, args.host, args.port).start()
+    TOKENS[httpd.url.rstrip("/")] = httpd.policy.token
+    yield httpd.url.rstrip("/"), studio
+    httpd.stop()
+
+
+TOKENS: dict[str, str] = {}  # base URL -> the server's session token (what the page carries)
 
 
 def call(url: str, body=None, raw: bytes | None = None) -> tuple[int, dict | bytes]:
-    """(status, JSON or bytes) of a GET, a JSON POST (``body``) or a raw POST (``raw``)."""
+    """(status, JSON or bytes) of a GET, a JSON POST (``body``) or a raw POST (``raw``), sent as the page
+    sends them (session token, content type)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    if data is not None:
+        base = next(b for b in TOKENS if url.startswith(b))
+        request.add_header("X-Dreamdist-Token", TOKENS[base])
+        request.add_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             status, payload, kind = response.status, response.read(), response.headers["Content-Type"]
@@ -125,8 +128,7 @@ def test_upload_keeps_images_and_refuses_the_rest(server, tmp_path):
     assert status == 400 and "not an image file name" in reply["error"]
     status, reply = call(url + f"/api/upload?name=..%2F..%2Fx.png&batch={batch}", raw=png.read_bytes())
     assert status == 200  # the name is reduced to its last part, inside the upload folder
-    assert sorted(p.name for p in Path(reply["folder"]).iterdir()) == ["a.png", "b.png", "x.png"]
-    assert Path(reply["folder"]).parent.parent == studio.root
+    assert sorted(p.name for p in (studio.root / "_uploads" / batch).iterdir()) == ["a.png", "b.png", "x.png"]
 
 
 def test_trainer_reports_each_step_from_the_resumed_step(refs, tiny_model, tmp_path):

@@ -6,7 +6,6 @@ The main CLI calls :func:`register` on its sub-parsers and then ``args.func(args
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 
@@ -23,6 +22,14 @@ def register(subparsers) -> None:
     studio.add_argument("--runs", default="studio-runs", help="folder of runs (default: ./studio-runs)")
     studio.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     studio.add_argument("--port", type=int, default=7860, help="port (default: 7860; 0 picks a free one)")
+    studio.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another host name the page may be opened under (e.g. this machine's name on the LAN); repeatable. "
+        "IP addresses and localhost always work; other names are refused (DNS rebinding)",
+    )
     studio.add_argument("--device", default=None, help="device for exploring (default: best available)")
     studio.set_defaults(func=cmd_studio)
 
@@ -34,25 +41,12 @@ def cmd_studio(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be 0-65535; got {args.port}")
     studio = Studio(args.runs, args.model, args.device)
-    try:
-        server = make_server(studio, args.host, args.port)
-    except OSError as exc:
-        raise OSError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port") from None
-    host, port = server.server_address[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"dreamdist studio: http://{shown}:{port}/  (runs in {studio.root}; Ctrl-C to quit)", flush=True)
+    server = make_server(studio, args.host, args.port, tuple(args.allow_host))
+    print(f"dreamdist studio: {server.url}  (runs in {studio.root}; Ctrl-C to quit)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print("warning: the studio has no login; anyone who can reach this address can use it", file=sys.stderr)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the trainings with a checkpoint too
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.run()  # SIGINT / SIGTERM: stop serving, then stop the trainings with a checkpoint
     finally:
-        server.server_close()
-        studio.jobs.stop_all()
+        studio.close()
     return 0
-
-
-def _interrupt(signum, _frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")

@@ -9,19 +9,17 @@ Each comparison is written to ``RUNS/_compare/<id>/`` (``comparison.json``, ``pl
 
 from __future__ import annotations
 
-import itertools
-import time
+import shutil
 from pathlib import Path
 
 from PIL import Image
 
-from dreamdist.studio.explore import EXPLORE_DIR, Explorer
+from dreamdist.studio.explore import EXPLORE_DIR, Explorer, new_folder
 from dreamdist.studio.runs import check_name, read_json, write_json
 
 COMPARE_DIR = "_compare"
 TOY_METRICS = ("fidelity", "coverage", "novelty", "attribute_tv")
 LABELS = {"fidelity": "fidelity ↑", "coverage": "coverage ↑", "novelty": "novelty", "attribute_tv": "attribute TV ↓"}
-_counter = itertools.count()
 
 
 def is_toy_run(folder: Path) -> bool:
@@ -130,8 +128,16 @@ def compare_runs(explorer: Explorer, root: Path, request: dict) -> dict:
     for name in names:
         if not (root / name / "dreamdist.safetensors").is_file():
             raise ValueError(f"run {name!r} has no artifact yet; compare finished runs")
-    compare_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{next(_counter):04d}"
-    out = root / COMPARE_DIR / compare_id
+    compare_id, out = new_folder(root / COMPARE_DIR)
+    try:
+        return _compare(explorer, root, names, compare_id, out, request)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a failed comparison leaves nothing behind
+        raise
+
+
+def _compare(explorer: Explorer, root: Path, names: list[str], compare_id: str, out: Path, request: dict) -> dict:
+    """``compare_runs`` writing into the new folder ``out``."""
     settings = {k: request.get(k) for k in ("gamma", "sampler", "seed", "num_images", "num_inference_steps")}
     toy_names = [n for n in names if is_toy_run(root / n)]
     toy = []

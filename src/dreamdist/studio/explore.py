@@ -7,7 +7,8 @@ Each request writes a folder ``RUNS/_explore/<id>/`` (PNGs, ``grid.png``, ``mani
 from __future__ import annotations
 
 import io
-import itertools
+import secrets
+import shutil
 import threading
 import time
 import zipfile
@@ -22,7 +23,6 @@ from dreamdist.studio.runs import check_name, write_json
 
 EXPLORE_DIR = "_explore"
 MAX_IMAGES = 64
-_counter = itertools.count()
 
 
 class Explorer:
@@ -67,8 +67,7 @@ class Explorer:
         if len(runs) > 1 and weights is not None:
             total = sum(float(w) for w in weights)
             weights = [float(w) / total for w in weights] if total > 0 else weights  # sliders need not sum to 1
-        folder_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{next(_counter):04d}"
-        out = self.root / EXPLORE_DIR / folder_id
+        folder_id, out = new_folder(self.root / EXPLORE_DIR)
         config = GenerateConfig(
             out=str(out),
             artifacts=[str(p) for p in paths],
@@ -85,11 +84,28 @@ class Explorer:
             seed=int(request.get("seed") or 0),
             progress=False,
         )
-        with self.lock:
-            result = generate(config, backbone=self.backbone_for(paths))
-        write_json(out / "request.json", {**request, "runs": runs, "weights": config.weights})
+        try:
+            with self.lock:
+                result = generate(config, backbone=self.backbone_for(paths))
+            write_json(out / "request.json", {**request, "runs": runs, "weights": config.weights})
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)  # a failed request leaves nothing behind
+            raise
         records = [line for line in result.manifest.read_text().splitlines() if line.strip()]
         return {"id": folder_id, "files": [p.name for p in result.paths], "manifest": records}
+
+
+def new_folder(parent: Path) -> tuple[str, Path]:
+    """(id, path) of a new, empty folder under ``parent``: a timestamp plus random bits, created
+    exclusively, so two servers (or threads) on one runs folder never share one."""
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        folder_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+        try:
+            (parent / folder_id).mkdir()
+        except FileExistsError:
+            continue
+        return folder_id, parent / folder_id
 
 
 def _text(value) -> str | None:

@@ -2,6 +2,9 @@
 
 A child process, not a thread: the trainer's stop mechanism is SIGTERM (it saves a checkpoint and
 exits), a crash cannot take the server down, and the server stays responsive while a run trains.
+The worker holds the run's lock (``dreamdist.runlock``) while it lives, so a run has one trainer
+whatever happens (two studios, a restart, a second Resume), and it stops itself with a checkpoint
+when the studio dies (``worker.watch_parent``), so it never outlives the studio.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from dreamdist.runlock import holder
 from dreamdist.studio.runs import LOG, REQUEST, STATUS, WORKER_DIR, check_name, read_json, write_json
 
 
@@ -28,9 +32,11 @@ class Jobs:
 
     def state(self, name: str) -> str:
         """running, done, stopped, failed, interrupted (its process vanished) or idle (never started here)."""
+        if holder(self.root / name) is not None:  # a live trainer, whoever started it
+            return "running"
         with self.lock:
             process = self.processes.get(name)
-            if process is not None and process.poll() is None:
+            if process is not None and process.poll() is None:  # starting
                 return "running"
         status = read_json(self.root / name / WORKER_DIR / STATUS, {}) or {}
         state = status.get("state")
@@ -55,16 +61,20 @@ class Jobs:
         if not (folder / REQUEST).is_file():
             raise ValueError(f"{name!r} was not started from the studio; resume it with `dreamdist train ... --resume`")
         if self.state(name) == "running":
-            raise ValueError(f"{name!r} is already running")
+            raise ValueError(f"{name!r} is already running; stop it first")
         self._spawn(name, resume=True)  # without a checkpoint the trainer starts again from step 0
 
     def stop(self, name: str) -> None:
         """SIGTERM: the loop saves a checkpoint after the current step and exits."""
         with self.lock:
             process = self.processes.get(check_name(name))
-        if process is None or process.poll() is not None:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            return
+        pid = holder(self.root / name)  # a trainer this studio did not start (another studio's)
+        if pid is None or pid <= 0:
             raise ValueError(f"{name!r} is not running")
-        process.send_signal(signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
 
     def stop_all(self, timeout: float = 30.0) -> None:
         """Stop every running job and wait for the checkpoints (server shutdown)."""
@@ -81,8 +91,8 @@ class Jobs:
     def _spawn(self, name: str, resume: bool) -> None:
         folder = self.root / name
         (folder / WORKER_DIR).mkdir(parents=True, exist_ok=True)
-        write_json(folder / WORKER_DIR / STATUS, {"state": "running", "resume": resume, "started": time.time()})
-        command = [sys.executable, "-m", "dreamdist.studio.worker", str(folder)] + (["--resume"] if resume else [])
+        command = [sys.executable, "-m", "dreamdist.studio.worker", str(folder), "--parent", str(os.getpid())]
+        command += ["--resume"] if resume else []
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.lock, open(folder / WORKER_DIR / LOG, "a") as log:
             self.processes[name] = subprocess.Popen(

@@ -1,39 +1,56 @@
-"""The studio's HTTP server: a JSON API over the package's functions, plus the static page.
+"""The studio's web app: a FastAPI JSON API over the package's functions, plus the static page.
 
-Standard library only (``http.server``). Files are served from the runs folder and ``static/``
-only, after resolving the path; run and folder names are checked (``runs.check_name``).
+Served by uvicorn behind :class:`dreamdist.web.guard.Guard` (Host allow-list, same-origin and
+session-token checks on every state-changing route, body limits, security headers). Request bodies
+are bounded pydantic models (``studio.requests``). Heavy work (rendering references, generating,
+comparing) runs in one bounded worker thread, never in the server's event loop; training runs in a
+child process per run (``studio.jobs``). Files are served from the runs folder and ``static/`` only,
+after resolving the path; run and folder names are checked (``runs.check_name``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import json
-import mimetypes
+import html
+import io
 import re
+import secrets
+import shutil
 import threading
 import time
 import typing
-import urllib.parse
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from dreamdist.studio.compare import compare_runs
 from dreamdist.studio.explore import Explorer, explore_folder, zip_folder
 from dreamdist.studio.jobs import Jobs
+from dreamdist.studio.requests import CompareRequest, GenerateRequest, TrainRequest
 from dreamdist.studio.runs import check_name, list_run_dirs, log_tail, read_progress, run_summary
+from dreamdist.web.guard import Policy, allowed_hosts
+from dreamdist.web.serve import Server, error_handlers
 
 STATIC = Path(__file__).parent / "static"
 UPLOADS = "_uploads"
 REFERENCES = "_references"
 MAX_UPLOAD = 32 << 20  # bytes per uploaded image
-MAX_JSON = 1 << 20
+MAX_JSON = 64 << 10
+MAX_QUEUED = 4  # heavy requests waiting for the worker beyond this are answered 503
 SERVED_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".json", ".jsonl", ".md"}
 TRAIN_FIELDS = ("steps", "learning_rate", "batch_size", "seed", "sample_every", "checkpoint_every", "resolution")
 
 
+class Busy(RuntimeError):
+    """Too many heavy requests are waiting already."""
+
+
 class Studio:
-    """The server's state: runs folder, model, training jobs and the generator."""
+    """The server's state: runs folder, model, training jobs, the generator and its worker."""
 
     def __init__(self, root: str | Path, model: str = "toy", device: str | None = None):
         if not (STATIC / "index.html").is_file():
@@ -46,6 +63,26 @@ class Studio:
         self.jobs = Jobs(self.root)
         self.explorer = Explorer(self.root, model, device)
         self.upload_lock = threading.Lock()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-worker")
+        self.queued = threading.BoundedSemaphore(MAX_QUEUED)
+
+    async def heavy(self, function, *args):
+        """Run ``function(*args)`` on the worker thread and await it; ``Busy`` when the queue is full."""
+        if not self.queued.acquire(blocking=False):
+            raise Busy(f"the studio is busy with {MAX_QUEUED} requests; try again when they finish")
+        try:
+            return await asyncio.wrap_future(self.worker.submit(function, *args))
+        finally:
+            self.queued.release()
+
+    def close(self) -> None:
+        """Stop the trainings with a checkpoint and the worker (server shutdown)."""
+        self.jobs.stop_all()
+        self.worker.shutdown(wait=False, cancel_futures=True)
+
+    def scrub(self, text: str) -> str:
+        """An error message without the server's runs-folder path."""
+        return text.replace(str(self.root), "<runs>")
 
     # ------------------------------------------------------------ read
     def info(self) -> dict:
@@ -75,7 +112,7 @@ class Studio:
     def run(self, name: str) -> dict:
         folder = self.root / check_name(name)
         if not folder.is_dir():
-            raise FileNotFoundError(f"no run named {name!r} in {self.root}")
+            raise FileNotFoundError(f"no run named {name!r}")
         curve: dict[int, float] = {}
         for record in read_progress(folder):  # a step repeated after a resume keeps its last loss
             curve[int(record["step"])] = float(record["loss"])
@@ -83,59 +120,68 @@ class Studio:
         return {**summary, "curve": sorted(curve.items()), "log": log_tail(folder)}
 
     # ------------------------------------------------------------ write
-    def train(self, request: dict) -> dict:
-        """Validate the page's train form into the typed configs, then start the run."""
+    def train(self, request: TrainRequest) -> dict:
+        """Validate the train form into the typed configs, then start the run; on any failure,
+        remove what this request wrote (rendered references, the run folder)."""
         from dreamdist.config import TrainConfig
-        from dreamdist.methods import get_method
+        from dreamdist.methods import get_method, method_names
 
-        name = check_name(request.get("name") or f"{request.get('method', 'run')}-{time.strftime('%Y%m%d-%H%M%S')}")
+        method = request.method or "dreamdistribution"
+        if method not in method_names():
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(method_names())}")
+        name = check_name(request.name or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
         if (self.root / name).exists():
             raise FileExistsError(f"a run named {name!r} already exists; choose another name")
-        images = self._reference_folder(request, name)
-        method = request.get("method") or "dreamdistribution"
         config_cls = get_method(method).config
-        options = dict(request.get("options") or {})
-        if request.get("num_prompts") not in (None, "") and "num_prompts" in {
-            f.name for f in dataclasses.fields(config_cls)
-        }:
-            options["num_prompts"] = request["num_prompts"]
+        options = dict(request.options)
+        if request.num_prompts is not None and "num_prompts" in {f.name for f in dataclasses.fields(config_cls)}:
+            options["num_prompts"] = request.num_prompts
         method_config = config_cls(**_coerce(config_cls, options))
-        train_values = {k: request[k] for k in TRAIN_FIELDS if request.get(k) not in (None, "")}
-        train_config = TrainConfig(
-            **_coerce(TrainConfig, train_values), images=str(images), out=str(self.root / name), model=self.model,
-            method=method,
-        )  # fmt: skip
-        self.jobs.start(name, train_config, method_config)
+        written: list[Path] = []
+        try:
+            images = self._reference_folder(request, name, written)
+            train_values = {k: getattr(request, k) for k in TRAIN_FIELDS if getattr(request, k) is not None}
+            train_config = TrainConfig(
+                **train_values, images=str(images), out=str(self.root / name), model=self.model, method=method
+            )
+            written.append(self.root / name)
+            self.jobs.start(name, train_config, method_config)
+        except BaseException:
+            for path in written:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
         return {"name": name}
 
-    def _reference_folder(self, request: dict, name: str) -> Path:
-        """The references: a folder path, an uploaded batch, or a rendered toy concept."""
-        if request.get("toy_concept"):
-            from dreamdist.toyworld.concepts import render_concept
+    def _reference_folder(self, request: TrainRequest, name: str, written: list[Path]) -> Path:
+        """The references: a folder path, an uploaded batch, or a rendered toy concept (added to ``written``)."""
+        if request.toy_concept:
+            from dreamdist.toyworld.concepts import CONCEPTS, render_concept
 
-            count = int(request.get("toy_references") or 8)
+            if request.toy_concept not in CONCEPTS:
+                raise ValueError(f"unknown toy concept {request.toy_concept!r}; known: {', '.join(CONCEPTS)}")
             folder = self.root / REFERENCES / name
-            render_concept(request["toy_concept"], folder, n=count, seed=int(request.get("seed") or 0))
+            if folder.exists():
+                raise FileExistsError(f"references for {name!r} exist already; choose another run name")
+            written.append(folder)
+            render_concept(request.toy_concept, folder, n=request.toy_references or 8, seed=request.seed or 0)
             return folder
-        if request.get("upload"):
-            folder = self.root / UPLOADS / check_name(request["upload"])
+        if request.upload:
+            folder = self.root / UPLOADS / check_name(request.upload)
             if not folder.is_dir():
-                raise FileNotFoundError(f"upload {request['upload']!r} not found; upload the images again")
+                raise FileNotFoundError(f"upload {request.upload!r} not found; upload the images again")
             return folder
-        path = str(request.get("images") or "").strip()
-        if not path:
+        if not request.images:
             raise ValueError("choose the reference images: a folder path, an upload, or a toy concept")
-        folder = Path(path).expanduser()
+        folder = Path(request.images.strip()).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"reference folder {folder} does not exist")
         return folder
 
     def upload(self, batch: str | None, filename: str, data: bytes) -> dict:
         """Store one uploaded image in ``RUNS/_uploads/<batch>/`` after checking it is an image."""
-        import io
-
         from PIL import Image
 
+        from dreamdist.atomic import atomic_write_bytes
         from dreamdist.data import IMAGE_EXTENSIONS
 
         name = Path(filename.replace("\\", "/")).name
@@ -147,12 +193,11 @@ class Studio:
         except Exception as exc:
             raise ValueError(f"{name} is not a readable image ({exc})") from None
         with self.upload_lock:
-            batch = check_name(batch) if batch else f"upload-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}"
+            batch = check_name(batch) if batch else f"upload-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
             folder = self.root / UPLOADS / batch
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_bytes(data)
-            count = sum(1 for p in folder.iterdir() if p.is_file())
-        return {"upload": batch, "folder": str(folder), "count": count}
+            atomic_write_bytes(folder / name, data)
+            count = sum(1 for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        return {"upload": batch, "count": count}
 
     def file(self, relative: str) -> Path:
         """A file under the runs folder, refusing anything that resolves outside it."""
@@ -193,120 +238,100 @@ def _coerce(cls: type, values: dict) -> dict:
     return out
 
 
-class Handler(BaseHTTPRequestHandler):
-    """Routes: ``/`` the page, ``/static/*``, ``/files/*`` (runs folder), ``/api/*`` (JSON)."""
-
-    studio: Studio  # set on the subclass made by ``make_server``
-    server_version = "dreamdist-studio"
-
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
-        pass  # the terminal shows the URL and errors, not every image request
-
-    # ------------------------------------------------------------ responses
-    def send_body(self, status: int, body: bytes, content_type: str, extra: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def send_json(self, value, status: int = 200) -> None:
-        self.send_body(status, json.dumps(value, default=str).encode(), "application/json")
-
-    def send_file(self, path: Path) -> None:
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if path.suffix == ".jsonl":
-            kind = "application/jsonl"
-        self.send_body(200, path.read_bytes(), kind)
-
-    def read_body(self, limit: int) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > limit:
-            raise ValueError(f"request body of {length} bytes is over the limit of {limit}")
-        return self.rfile.read(length)
-
-    def handle_errors(self, action) -> None:
-        try:
-            action()
-        except FileNotFoundError as exc:
-            self.send_json({"error": str(exc)}, HTTPStatus.NOT_FOUND)
-        except FileExistsError as exc:
-            self.send_json({"error": str(exc)}, HTTPStatus.CONFLICT)
-        except (ValueError, KeyError, OSError) as exc:
-            self.send_json({"error": str(exc).strip("'\"")}, HTTPStatus.BAD_REQUEST)
-        except Exception as exc:  # a bug: tell the page, keep serving
-            self.send_json({"error": f"{type(exc).__name__}: {exc}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
-
-    # ------------------------------------------------------------ routes
-    def do_GET(self) -> None:
-        self.handle_errors(self.get)
-
-    def do_POST(self) -> None:
-        self.handle_errors(self.post)
-
-    def get(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        path = urllib.parse.unquote(url.path)
-        studio = self.studio
-        if path in ("/", "/index.html"):
-            self.send_file(STATIC / "index.html")
-        elif path.startswith("/static/"):
-            name = path[len("/static/") :]
-            if name not in {p.name for p in STATIC.iterdir()}:
-                raise FileNotFoundError(name)
-            self.send_file(STATIC / name)
-        elif path.startswith("/files/"):
-            self.send_file(studio.file(path[len("/files/") :]))
-        elif path == "/api/info":
-            self.send_json(studio.info())
-        elif path == "/api/runs":
-            self.send_json(studio.runs())
-        elif m := re.fullmatch(r"/api/runs/([^/]+)", path):
-            self.send_json(studio.run(m[1]))
-        elif m := re.fullmatch(r"/api/zip/([^/]+)", path):
-            folder = explore_folder(studio.root, m[1])
-            disposition = {"Content-Disposition": f'attachment; filename="dreamdist-{folder.name}.zip"'}
-            self.send_body(200, zip_folder(folder), "application/zip", disposition)
-        else:
-            raise FileNotFoundError(path)
-
-    def post(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        path = urllib.parse.unquote(url.path)
-        studio = self.studio
-        if path == "/api/upload":
-            query = urllib.parse.parse_qs(url.query)
-            filename = (query.get("name") or [""])[0]
-            batch = (query.get("batch") or [None])[0]
-            self.send_json(studio.upload(batch, filename, self.read_body(MAX_UPLOAD)))
-            return
-        body = self.read_body(MAX_JSON)
-        try:
-            request = json.loads(body or b"{}")
-        except ValueError:
-            raise ValueError("request body is not JSON") from None
-        if path == "/api/train":
-            self.send_json(studio.train(request))
-        elif m := re.fullmatch(r"/api/runs/([^/]+)/stop", path):
-            studio.jobs.stop(m[1])
-            self.send_json({"stopping": m[1]})
-        elif m := re.fullmatch(r"/api/runs/([^/]+)/resume", path):
-            studio.jobs.resume(m[1])
-            self.send_json({"resumed": m[1]})
-        elif path == "/api/generate":
-            self.send_json(studio.explorer.generate(request))
-        elif path == "/api/compare":
-            self.send_json(compare_runs(studio.explorer, studio.root, request))
-        else:
-            raise FileNotFoundError(path)
+def body_limit(path: str) -> int:
+    """The largest body a route takes: an image for the upload, a small JSON object elsewhere."""
+    return MAX_UPLOAD if path == "/api/upload" else MAX_JSON
 
 
-def make_server(studio: Studio, host: str = "127.0.0.1", port: int = 7860) -> ThreadingHTTPServer:
-    """A threading HTTP server bound to ``host:port`` (port 0: a free one) serving ``studio``."""
-    handler = type("StudioHandler", (Handler,), {"studio": studio})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+def create_app(studio: Studio, policy: Policy):
+    """The FastAPI app of ``studio``; the page it serves carries ``policy.token``."""
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        studio.close()
+
+    app = FastAPI(title="dreamdist studio", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    error_handlers(app, studio.scrub)
+    for kind, status in ((FileNotFoundError, 404), (FileExistsError, 409), (Busy, 503), (ValueError, 400), (OSError, 400)):
+
+        async def handler(_request, exc, status=status):
+            return JSONResponse({"error": studio.scrub(str(exc).strip("'\""))}, status_code=status)
+
+        app.add_exception_handler(kind, handler)
+    page = (STATIC / "index.html").read_text()
+    page = page.replace("<head>", f'<head>\n<meta name="dreamdist-token" content="{html.escape(policy.token)}">', 1)
+    no_store = {"Cache-Control": "no-store"}
+
+    @app.get("/", response_class=HTMLResponse)
+    @app.get("/index.html", response_class=HTMLResponse)
+    def index():
+        return HTMLResponse(page, headers=no_store)
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        if name == "index.html" or name not in {p.name for p in STATIC.iterdir()}:
+            raise FileNotFoundError(name)
+        return FileResponse(STATIC / name, headers=no_store)
+
+    @app.get("/files/{relative:path}")
+    def files(relative: str):
+        path = studio.file(relative)
+        kind = "application/jsonl" if path.suffix == ".jsonl" else None
+        return FileResponse(path, media_type=kind, headers=no_store)
+
+    @app.get("/api/info")
+    def info():
+        return studio.info()
+
+    @app.get("/api/runs")
+    def runs():
+        return studio.runs()
+
+    @app.get("/api/runs/{name}")
+    def run(name: str):
+        return studio.run(name)
+
+    @app.get("/api/zip/{folder_id}")
+    def download(folder_id: str):
+        folder = explore_folder(studio.root, folder_id)
+        disposition = {"Content-Disposition": f'attachment; filename="dreamdist-{folder.name}.zip"'}
+        return Response(zip_folder(folder), media_type="application/zip", headers=disposition)
+
+    @app.post("/api/upload")
+    async def upload(
+        request: Request,
+        name: str = Query(max_length=512),
+        batch: str | None = Query(default=None, max_length=64),
+    ):
+        data = await request.body()  # the guard has refused bodies over MAX_UPLOAD before this
+        return studio.upload(batch, name, data)
+
+    @app.post("/api/train")
+    async def train(request: TrainRequest):
+        return await studio.heavy(studio.train, request)
+
+    @app.post("/api/runs/{name}/stop")
+    def stop(name: str):
+        studio.jobs.stop(name)
+        return {"stopping": name}
+
+    @app.post("/api/runs/{name}/resume")
+    def resume(name: str):
+        studio.jobs.resume(name)
+        return {"resumed": name}
+
+    @app.post("/api/generate")
+    async def generate(request: GenerateRequest):
+        return await studio.heavy(studio.explorer.generate, request.model_dump())
+
+    @app.post("/api/compare")
+    async def compare(request: CompareRequest):
+        return await studio.heavy(compare_runs, studio.explorer, studio.root, request.model_dump())
+
+    return app
+
+
+def make_server(studio: Studio, host: str = "127.0.0.1", port: int = 7860, allow_hosts: tuple[str, ...] = ()):
+    """A :class:`dreamdist.web.serve.Server` bound to ``host:port`` (port 0: a free one) serving ``studio``."""
+    policy = Policy(hosts=allowed_hosts(host, allow_hosts), body_limit=body_limit, raw_body=lambda p: p == "/api/upload")
+    return Server(create_app(studio, policy), policy, host, port)

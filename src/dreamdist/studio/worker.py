@@ -4,13 +4,19 @@ Reads ``RUN_DIR/studio-run.json`` (the train and method configs the page asked f
 ``dreamdist.training.loop.train`` in this process's main thread (so SIGTERM from the page's Stop
 button reaches the loop's own handler, which saves a checkpoint), appends one line per step to
 ``studio/progress.jsonl`` and leaves ``studio/status.json`` = done / stopped / failed.
+
+It holds the run's lock (``dreamdist.runlock``) for its whole life and exits at once (code 3,
+touching nothing) when another process holds it; it stops itself with a checkpoint when the
+studio that started it dies, however it dies.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,8 +34,39 @@ def step_recorder(path: Path):
     return record
 
 
-def run(folder: Path, resume: bool) -> int:
+def watch_parent(parent: int, interval: float = 0.5) -> threading.Thread:
+    """A daemon thread that sends this process SIGTERM (checkpoint, then exit) once ``parent`` is
+    gone: the studio was killed, even with ``kill -9``, so its trainer must not outlive it."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="watch-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def run(folder: Path, resume: bool, parent: int | None = None) -> int:
     """Train the run described by ``folder/studio-run.json``; returns the exit code."""
+    from dreamdist.runlock import RunLock, RunLocked
+
+    try:
+        lock = RunLock(folder).acquire()
+    except RunLocked as exc:
+        print(f"not started: {exc}", file=sys.stderr)
+        return 3
+    try:
+        if parent is not None:
+            watch_parent(parent)
+        return _train(folder, resume)
+    finally:
+        lock.release()
+
+
+def _train(folder: Path, resume: bool) -> int:
+    """The training itself, under the run's lock."""
     from dreamdist.config import TrainConfig
     from dreamdist.methods import get_method
     from dreamdist.training import loop
@@ -67,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train one studio run (started by `dreamdist studio`).")
     parser.add_argument("folder", help="run folder holding studio-run.json")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    parser.add_argument("--parent", type=int, default=None, help="pid of the studio: stop when it is gone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run(Path(args.folder), args.resume)
+    return run(Path(args.folder), args.resume, args.parent)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,22 @@ let uploadBatch = null;
 let pickerRuns = "";
 let lastRuns = "";
 
+// the server's session token: every state-changing request carries it (another site cannot read it)
+const TOKEN = document.querySelector("meta[name=dreamdist-token]").content;
+
 async function api(path, body) {
   const options = body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    method: "POST", headers: { "Content-Type": "application/json", "X-Dreamdist-Token": TOKEN },
+    body: JSON.stringify(body),
   };
-  const response = await fetch(path, options);
-  const data = await response.json();
-  if (!response.ok) throw new Error(data.error || response.statusText);
+  return answer(await fetch(path, options));
+}
+
+// the JSON of a response, or an Error with the server's message (or the status when it sent no JSON)
+async function answer(response) {
+  let data = null;
+  try { data = await response.json(); } catch (error) { data = null; }
+  if (!response.ok) throw new Error((data && data.error) || `${response.status} ${response.statusText}`);
   return data;
 }
 
@@ -56,9 +65,8 @@ $("ref-upload").addEventListener("change", async () => {
     let result = null;
     for (const file of files) {
       const query = "name=" + encodeURIComponent(file.name) + (uploadBatch ? "&batch=" + uploadBatch : "");
-      const response = await fetch("/api/upload?" + query, { method: "POST", body: file });
-      result = await response.json();
-      if (!response.ok) throw new Error(result.error);
+      const headers = { "Content-Type": "application/octet-stream", "X-Dreamdist-Token": TOKEN };
+      result = await answer(await fetch("/api/upload?" + query, { method: "POST", body: file, headers }));
       uploadBatch = result.upload;
     }
     document.querySelector("input[name=source][value=upload]").checked = true;
