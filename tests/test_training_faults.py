@@ -137,7 +137,7 @@ def test_resume_honours_a_new_learning_rate_and_refuses_fewer_steps(refs, tiny_m
         patch.setattr(torch.optim.AdamW, "step", spy)
         train(config(refs, tiny_model, out, steps=4, resume=True, learning_rate=0.123), SMALL)
     assert len(seen) == 2 and all(rates[0] == pytest.approx(0.123) for rates in seen)
-    assert "learning_rate changed" in caplog.text
+    assert "--learning-rate changed" in caplog.text
 
 
 def test_resume_from_a_named_checkpoint_folder(refs, tiny_model, tmp_path):

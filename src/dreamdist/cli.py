@@ -23,8 +23,43 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per dataclass field: type from the annotation, help from ``metadata['help']``."""
+GIVEN = "_given_fields"  # Namespace attribute: the fields whose flags the command line gave (``given_fields``)
+
+
+def _note_given(namespace: argparse.Namespace, dest: str) -> None:
+    # a fresh set each time: a sub-command's namespace is copied into the parent's key by key
+    setattr(namespace, GIVEN, {*getattr(namespace, GIVEN, ()), dest})
+
+
+class _Store(argparse.Action):
+    """Store a flag's value and note that it was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _note_given(namespace, self.dest)
+
+
+class _Switch(argparse.BooleanOptionalAction):
+    """``--x`` / ``--no-x``, noting that it was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _note_given(namespace, self.dest)
+
+
+def given_fields(args: argparse.Namespace) -> set[str]:
+    """Dataclass fields whose flags appear on the command line (also when given at their default value)."""
+    return set(getattr(args, GIVEN, ()))
+
+
+def add_dataclass_args(
+    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), optional: bool = False
+) -> None:
+    """One flag per dataclass field: type from the annotation, help from ``metadata['help']``.
+
+    ``optional``: required fields get optional flags (None when not given), e.g. when a resumed run
+    can take them from its record.
+    """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -39,33 +74,73 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
         text = f.metadata.get("help", "")
         names = [_flag(f.name), *f.metadata.get("aliases", ())]
         if kind is bool:
-            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, help=text)
+            parser.add_argument(*names, action=_Switch, default=default, help=text)
         elif typing.get_origin(kind) is list:
-            parser.add_argument(*names, nargs="+", type=args[0], default=default, help=text)
+            parser.add_argument(*names, action=_Store, nargs="+", type=args[0], default=default, help=text)
         else:
             suffix = "" if required or default is None else f" (default: {default})"
             choices = f.metadata.get("choices")
             parser.add_argument(
-                *names, type=kind, default=default, required=required, choices=choices, help=text + suffix
+                *names,
+                action=_Store,
+                type=kind,
+                default=default,
+                required=required and not optional,
+                choices=choices,
+                help=text + suffix,
             )
+
+
+def _values(cls: type, args: argparse.Namespace) -> dict:
+    """The parsed flags of ``cls``'s fields."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides):
     """Build ``cls`` from the parsed flags of its fields (plus explicit overrides)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    return cls(**{**values, **overrides})
+    return cls(**{**_values(cls, args), **overrides})
 
 
 # ---------------------------------------------------------------- commands
-def cmd_train(args: argparse.Namespace) -> int:
+def train_configs(args: argparse.Namespace):
+    """(TrainConfig, method config) of a ``train`` command line.
+
+    On ``--resume`` / ``--resume-from``, flags not given take the values recorded in the checkpoint
+    being resumed (``dreamdist.training.resume.inherit``), so only the flags given count as changes.
+    """
     from dreamdist.config import TrainConfig
     from dreamdist.methods import get_method
+    from dreamdist.training.resume import inherit, recorded_run
+
+    given = given_fields(args)
+    values = _values(TrainConfig, args)
+    resuming = bool(values["resume"] or values["resume_from"])
+    recorded = recorded_run(values["out"], values["resume_from"]) if resuming and values["out"] else None
+    if recorded is not None:
+        values = inherit("TrainConfig", recorded["train_config"], values, given)
+    config_cls = get_method(values["method"]).config
+    method_values = _values(config_cls, args)
+    if recorded is not None and get_method(recorded["method"]).config is config_cls:
+        method_values = inherit(config_cls.__name__, recorded["method_config"], method_values, given)
+    missing = [
+        _flag(f.name)
+        for cls, fields in ((TrainConfig, values), (config_cls, method_values))
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and fields.get(f.name) is None
+    ]
+    if missing:
+        where = f" (there is no checkpoint in {values['out']} to take them from)" if resuming else ""
+        raise ValueError(f"the following arguments are required: {', '.join(missing)}{where}")
+    return TrainConfig(**values), config_cls(**method_values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from dreamdist.training.loop import train
 
-    method_config_cls = get_method(args.method)[0]
-    if args.model == "toy":
+    config, method_config = train_configs(args)
+    if config.model == "toy":
         print("using the built-in toy model (pass --model to train a Stable Diffusion checkpoint)", file=sys.stderr)
-    out = train(from_args(TrainConfig, args), from_args(method_config_cls, args))
+    out = train(config, method_config)
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one report per run, also under torchrun / accelerate launch
@@ -136,11 +211,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
-def build_parser(method: str | None = "dreamdistribution") -> argparse.ArgumentParser:
+def build_parser(method: str | None = "dreamdistribution", resuming: bool = False) -> argparse.ArgumentParser:
     """The full parser; ``method`` selects which method's flags ``train`` shows.
 
     ``method=None`` leaves the method flags out: other commands do not need them, and importing
-    the methods (torch, diffusers) would make ``dreamdist --help`` take seconds.
+    the methods (torch, diffusers) would make ``dreamdist --help`` take seconds. ``resuming``: no
+    ``train`` flag is required (a resumed run takes what is not given from its record).
     """
     from dreamdist.config import GenerateConfig, TrainConfig
 
@@ -159,11 +235,11 @@ def build_parser(method: str | None = "dreamdistribution") -> argparse.ArgumentP
         "'dreamdist train --method NAME --help' lists them (see 'dreamdist methods' for the names). "
         "Without --model, the built-in toy model is used.",
     )
-    add_dataclass_args(train, TrainConfig)
+    add_dataclass_args(train, TrainConfig, optional=resuming)
     if method is not None:
         from dreamdist.methods import get_method
 
-        add_dataclass_args(train.add_argument_group(f"{method} options"), get_method(method)[0])
+        add_dataclass_args(train.add_argument_group(f"{method} options"), get_method(method)[0], optional=resuming)
     train.set_defaults(func=cmd_train)
 
     gen = sub.add_parser("generate", help="generate images from run folder(s) or a plain prompt")
@@ -225,21 +301,50 @@ def _quiet_libraries(verbose: bool) -> None:
     diffusers.utils.logging.set_verbosity_error()
 
 
-def _method_of(argv: list[str]) -> str | None:
-    """The ``--method`` of a ``train`` command line (default dreamdistribution); None for other commands."""
+def _train_flags(argv: list[str]) -> argparse.Namespace | None:
+    """``--method``, ``--out``, ``--resume``, ``--resume-from`` of a ``train`` command line; None for other commands."""
     command = next((a for a in argv if not a.startswith("-")), None)
     if command != "train":
         return None
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--method", default="dreamdistribution")
-    return pre.parse_known_args(argv)[0].method
+    pre.add_argument("--method", default=None)
+    pre.add_argument("--out", default=None)
+    pre.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False)
+    pre.add_argument("--resume-from", default=None)
+    return pre.parse_known_args(argv)[0]
+
+
+def _resuming(argv: list[str]) -> bool:
+    """Whether ``argv`` resumes a training run."""
+    flags = _train_flags(argv)
+    return flags is not None and bool(flags.resume or flags.resume_from)
+
+
+def _method_of(argv: list[str]) -> str | None:
+    """The ``--method`` of a ``train`` command line; None for other commands.
+
+    Not given: the resumed run's recorded method on ``--resume``, else dreamdistribution.
+    """
+    flags = _train_flags(argv)
+    if flags is None:
+        return None
+    if flags.method is None and _resuming(argv) and flags.out is not None:
+        from dreamdist.training.resume import recorded_run
+
+        try:
+            recorded = recorded_run(flags.out, flags.resume_from)
+        except (OSError, ValueError):  # a bad --resume-from is reported by the command itself
+            recorded = None
+        if recorded is not None:
+            return recorded["method"]
+    return flags.method or "dreamdistribution"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dreamdist`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser(_method_of(argv))
+        parser = build_parser(_method_of(argv), resuming=_resuming(argv))
     except ValueError as exc:  # unknown --method
         print(f"dreamdist: error: {exc}", file=sys.stderr)
         return 2

@@ -97,7 +97,13 @@ class TrainConfig:
         default=None,
         metadata=help_("prompt of the --sample-every grids ({} = the learned concept; default: the method's own)"),
     )
-    resume: bool = field(default=False, metadata=help_("continue from the newest checkpoint in --out"))
+    resume: bool = field(
+        default=False,
+        metadata=help_(
+            "continue from the newest checkpoint in --out; flags not given keep the run's recorded values, and "
+            "only the learning rate, schedule, clipping, steps and operational flags may change"
+        ),
+    )
     resume_from: str | None = field(
         default=None,
         metadata=help_("continue from 'latest' (the newest checkpoint in --out) or a checkpoint folder PATH"),

@@ -98,12 +98,17 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return [done[step] for step in sorted(done)]
 
 
-def load_checkpoint(path: Path) -> TrainingState:
-    """Read a checkpoint folder written by ``save_checkpoint`` (safetensors only, no pickle)."""
+def checkpoint_meta(path: Path) -> dict:
+    """The metadata of a checkpoint folder (step, run settings, optimizer scalars), without its tensors."""
     from safetensors import safe_open
 
     with safe_open(str(path / STATE_FILE), framework="pt") as handle:
-        meta = json.loads(handle.metadata()["dreamdist_checkpoint"])
+        return json.loads(handle.metadata()["dreamdist_checkpoint"])
+
+
+def load_checkpoint(path: Path) -> TrainingState:
+    """Read a checkpoint folder written by ``save_checkpoint`` (safetensors only, no pickle)."""
+    meta = checkpoint_meta(path)
     tensors = load_file(str(path / STATE_FILE))
     method = {k[len("method.") :]: v for k, v in tensors.items() if k.startswith("method.")}
     optimizer = _unflatten_optimizer(tensors, meta.pop("optimizer"))

@@ -30,14 +30,9 @@ from dreamdist.backbone import Backbone
 from dreamdist.config import TrainConfig
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Method, get_method
-from dreamdist.training.checkpoint import (
-    STATE_FILE,
-    TrainingState,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
+from dreamdist.training.checkpoint import TrainingState, checkpoint_meta, list_checkpoints, save_checkpoint
 from dreamdist.training.ranks import Ranks
+from dreamdist.training.resume import check_settings, find_checkpoint, restore
 
 log = logging.getLogger("dreamdist")
 
@@ -227,14 +222,32 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
 
     Raises ``TrainingInterrupted`` after saving a checkpoint when SIGINT/SIGTERM arrives, and
     ``TrainingAborted`` after ``max_nonfinite`` consecutive non-finite losses.
+
+    With ``config.resume``, every field of ``config`` and ``method_config`` counts as given and is
+    compared with the checkpoint's record before anything loads (``dreamdist.training.resume.POLICY``):
+    a change to what the run learns is refused, naming each field; a changed learning rate, schedule,
+    clipping, step count or operational setting is warned about and applies from the resumed step.
+    ``method_config=None`` takes the recorded method settings; ``resume.recorded_configs(out)``
+    rebuilds both configs from the record, to change only some fields (``dataclasses.replace``).
     """
     config_cls, method_cls, *_ = get_method(config.method)
-    method_config = method_config if method_config is not None else config_cls()
-    method: Method = method_cls(method_config)
-    timestep_range = resolve_timesteps(config, method)  # an empty range fails before anything loads
     out = Path(config.out)
     if not config.resume and list_checkpoints(out):
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    resume_path = find_checkpoint(out, config.resume_from) if config.resume else None
+    recorded = checkpoint_meta(resume_path) if resume_path is not None else None
+    if config.resume and resume_path is None:
+        log.warning("--resume: no checkpoint in %s; starting from step 0", out)
+    if method_config is None:  # the run's recorded settings when resuming one of this method, else the defaults
+        same = recorded is not None and get_method(recorded["method"]).config is config_cls
+        method_config = config_cls(**recorded["method_config"]) if same else config_cls()
+    method: Method = method_cls(method_config)
+    timestep_range = resolve_timesteps(config, method)  # an empty range fails before anything loads
+    resumes = []  # the run's resumes and what each changed, recorded with its settings
+    if recorded is not None:  # refused changes fail here, before the backbone and images load
+        changes = check_settings(recorded, config, method_config, method, str(resume_path))
+        changed = {c.name: [c.recorded, c.new] for c in changes}
+        resumes = [*recorded.get("resumes", []), {"step": recorded["step"], "changed": changed}]
     accelerator = _accelerator(config, out)
     ranks = Ranks(accelerator)
     # frozen weights: as asked, else the autocast dtype (fp32 without mixed precision)
@@ -274,11 +287,12 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
         "images_fingerprint": data.fingerprint,
         "class_names": data.class_names,
         "references": references,
+        "resumes": resumes,
     }
 
     step, streak = 0, 0
-    if config.resume:
-        step = _resume(config, out, method, optimizer, accelerator, generator, run_meta, total_steps)
+    if resume_path is not None:
+        step = restore(resume_path, method, optimizer, accelerator, generator, config.seed, data.fingerprint)
     schedule = _lr_schedule(config, total_steps)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -364,7 +378,9 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
     if accelerator.is_main_process:
         tensors, meta = method.artifact(backbone)
         tensors["backbone.probe"] = probe
-        meta.update(backbone=identity, train=run_meta["train_config"], step=step, references=references)
+        meta.update(
+            backbone=identity, train=run_meta["train_config"], step=step, references=references, resumes=resumes
+        )
         meta["train"]["images_fingerprint"] = data.fingerprint
         meta.update(method.export(backbone, out))  # diffusers-format files beside the artifact
         save_artifact(out, method.name, tensors, meta)
@@ -424,69 +440,6 @@ def _lr_schedule(config: TrainConfig, total_steps: int):
 def _default_groups(method: Method) -> list[dict]:
     """One optimizer group of the method's trainable parameters."""
     return [{"params": [p for m in method.trainable_modules() for p in m.parameters() if p.requires_grad]}]
-
-
-def _resume(
-    config: TrainConfig,
-    out: Path,
-    method: Method,
-    optimizer,
-    accelerator: Accelerator,
-    generator: torch.Generator,
-    run_meta: dict,
-    total_steps: int,
-) -> int:
-    """Load a checkpoint (``--resume-from PATH``, else the newest of ``out``) into the method,
-    optimizer, loss scaler and generators; return its step.
-
-    The learning rate, schedule and step count of the resumed command are honoured; a changed method,
-    image set or method setting, or fewer steps than already done, is refused with the reason.
-    """
-    if config.resume_from not in (None, "latest"):
-        path = Path(config.resume_from)
-        if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"--resume-from {path}: not a checkpoint folder (no {STATE_FILE} inside)")
-    else:
-        checkpoints = list_checkpoints(out)
-        if not checkpoints:
-            log.warning("--resume: no checkpoint in %s; starting from step 0", out)
-            return 0
-        path = checkpoints[-1]
-    state = load_checkpoint(path)
-    for key in ("method", "images_fingerprint", "method_config"):
-        if state.meta.get(key) != run_meta[key]:
-            raise ValueError(
-                f"cannot resume {out}: its {key.replace('_', ' ')} was {state.meta.get(key)!r}, now {run_meta[key]!r}. "
-                "Resume with the original images and settings, or start a new --out."
-            )
-    if state.step > total_steps:
-        raise ValueError(
-            f"cannot resume {path} (step {state.step}) with --steps {total_steps}: it has already trained further; "
-            f"pass --steps >= {state.step}"
-        )
-    rank_states = {k: state.method.pop(k) for k in [k for k in state.method if k.startswith("rng.rank")]}
-    method.load_state_tensors(state.method)
-    optimizer.load_state_dict(state.optimizer)
-    if state.scaler and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(state.scaler)
-    rank = accelerator.process_index
-    if rank == 0:
-        generator.set_state(state.generator)
-    elif f"rng.rank{rank}" in rank_states and state.meta.get("world_size") == accelerator.num_processes:
-        generator.set_state(rank_states[f"rng.rank{rank}"])
-    else:  # another process count than the checkpoint's: a fresh stream per rank and step
-        generator.manual_seed(config.seed + rank + 1_000_003 * state.step)
-    before = state.meta.get("train_config", {})
-    changed = {k: (before.get(k), v) for k, v in run_meta["train_config"].items() if k in RESUMABLE_CHANGES}
-    changed = {k: pair for k, pair in changed.items() if k in before and pair[0] != pair[1]}
-    for key, (old, new) in changed.items():
-        log.warning("--resume: %s changed from %s to %s; the new value applies from step %d", key, old, new, state.step)
-    log.info("resumed %s at step %d", path, state.step)
-    return state.step
-
-
-# settings a resumed run may change (they apply from the resumed step on)
-RESUMABLE_CHANGES = ("steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "max_grad_norm", "sample_every")
 
 
 def _sample_grid(backbone: Backbone, method: Method, path: Path, config: TrainConfig) -> None:
