@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,8 +29,9 @@ def fsync_dir(folder: Path) -> None:
 
 
 def temporary_path(path: Path) -> Path:
-    """A hidden sibling name for ``path`` that is unique to this process."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """A hidden sibling name for ``path`` that is unique to this process and call (threads of one
+    process writing the same file each get their own)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 @contextmanager

@@ -27,12 +27,6 @@ def _blank(value):
     return None if isinstance(value, str) and not value.strip() else value
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    return value
-
-
 def _option(value):
     """A method option: a short string, a bool, or a finite number of sane size."""
     if isinstance(value, bool) or value is None:
@@ -47,9 +41,8 @@ def _option(value):
 
 
 Blank = BeforeValidator(_blank)
-Finite = AfterValidator(_finite)
 Name = Annotated[str, Field(max_length=64), AfterValidator(check_name)]
-Text = Annotated[str | None, Blank, Field(max_length=MAX_TEXT)]
+Text = Annotated[Annotated[str, Field(max_length=MAX_TEXT)] | None, Blank]
 SamplerName = Literal[SAMPLERS]
 SchedulerName = Literal[tuple(SCHEDULERS)]
 OptionValue = Annotated[str | bool | int | float | None, AfterValidator(_option)]
@@ -58,8 +51,8 @@ OptionValue = Annotated[str | bool | int | float | None, AfterValidator(_option)
 def bounded(kind: type, low: float, high: float):
     """An optional form number in [low, high] ("" = not given)."""
     if kind is float:
-        return Annotated[float | None, Blank, Field(ge=low, le=high), Finite]
-    return Annotated[int | None, Blank, Field(ge=low, le=high)]
+        return Annotated[Annotated[float, Field(ge=low, le=high, allow_inf_nan=False)] | None, Blank]
+    return Annotated[Annotated[int, Field(ge=low, le=high)] | None, Blank]
 
 
 class Form(BaseModel):
@@ -72,10 +65,10 @@ class TrainRequest(Form):
     """The train form: references (one of folder, upload, toy concept), method and its options, schedule."""
 
     name: Annotated[Name | None, Blank] = None
-    method: Annotated[str | None, Blank, Field(max_length=64)] = None
-    images: Annotated[str | None, Blank, Field(max_length=4096)] = None
+    method: Annotated[Annotated[str, Field(max_length=64)] | None, Blank] = None
+    images: Annotated[Annotated[str, Field(max_length=4096)] | None, Blank] = None
     upload: Annotated[Name | None, Blank] = None
-    toy_concept: Annotated[str | None, Blank, Field(max_length=64)] = None
+    toy_concept: Annotated[Annotated[str, Field(max_length=64)] | None, Blank] = None
     toy_references: bounded(int, 1, MAX_TOY_REFERENCES) = None
     num_prompts: bounded(int, 1, 256) = None
     options: Annotated[dict[Annotated[str, Field(max_length=64)], OptionValue], Field(max_length=64)] = {}
@@ -92,8 +85,8 @@ class GenerateRequest(Form):
     """The explore form: runs (weighted when several), sampler settings, text edits, seed."""
 
     runs: Annotated[list[Name], Field(max_length=MAX_MIX)]  # empty: the explorer says what to do
-    weights: Annotated[list[Annotated[float, Field(ge=0, le=1e6), Finite]] | None, Field(max_length=MAX_MIX)] = None
-    gamma: Annotated[float, Field(ge=0, le=10), Finite] = 1.0
+    weights: Annotated[list[Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] | None, Field(max_length=MAX_MIX)] = None
+    gamma: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 1.0
     sampler: SamplerName = "mixture"
     prefix: Text = None
     suffix: Text = None
@@ -109,7 +102,7 @@ class CompareRequest(Form):
     """The compare form: runs and the sampler settings every run is scored with."""
 
     runs: Annotated[list[Name], Field(max_length=16)]
-    gamma: Annotated[float, Field(ge=0, le=10), Finite] = 1.0
+    gamma: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 1.0
     sampler: SamplerName = "mixture"
     seed: bounded(int, 0, 2**32 - 1) = None
     num_images: bounded(int, 1, MAX_IMAGES) = None

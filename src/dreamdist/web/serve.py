@@ -9,11 +9,44 @@ import logging
 import socket
 import threading
 
-from dreamdist.web.guard import Guard, Policy
+from dreamdist.web.guard import BodyTooLarge, Guard, Policy
 
 log = logging.getLogger(__name__)
-MAX_CONNECTIONS = 256  # beyond this uvicorn answers 503 instead of queueing
+MAX_CONNECTIONS = 1024  # open connections; beyond this uvicorn answers 503
 KEEP_ALIVE_S = 5
+HEAD_TIMEOUT_S = 10.0  # a connection must deliver each request's head within this
+
+
+def guarded_h11():
+    """uvicorn's h11 protocol plus a deadline for request heads: a connection that opens and sends
+    nothing, or trickles its headers byte by byte, is closed after ``HEAD_TIMEOUT_S`` (uvicorn's own
+    keep-alive timeout only starts after a response, and any byte resets it)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11(H11Protocol):
+        deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.arm()
+
+        def arm(self) -> None:
+            watched = self.cycle
+            self.deadline = self.loop.call_later(HEAD_TIMEOUT_S, self.check, watched)
+
+        def check(self, watched) -> None:
+            waiting = self.cycle is watched and (watched is None or watched.response_complete)
+            if waiting and not self.transport.is_closing():
+                self.timeout_keep_alive_handler()  # closes the connection
+            elif not self.transport.is_closing():
+                self.arm()
+
+        def connection_lost(self, exc) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+            super().connection_lost(exc)
+
+    return GuardedH11
 
 
 def error_handlers(app, scrub=lambda text: text) -> None:
@@ -37,6 +70,10 @@ def error_handlers(app, scrub=lambda text: text) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_request, exc: HTTPException):
         return answer(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(_request, _exc):
+        return answer(413, "request body over the limit")
 
     @app.exception_handler(RecursionError)
     async def too_deep(_request, _exc):
@@ -81,6 +118,7 @@ class Server:
         self.url = url_of(self.socket)
         config = uvicorn.Config(
             Guard(app, policy),
+            http=guarded_h11(),
             log_level="warning",
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=10,
