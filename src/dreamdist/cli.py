@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import types
@@ -135,12 +136,17 @@ def train_configs(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from dreamdist.runlock import RunLock
     from dreamdist.training.loop import train
 
     config, method_config = train_configs(args)
     if config.model == "toy":
         print("using the built-in toy model (pass --model to train a Stable Diffusion checkpoint)", file=sys.stderr)
-    out = train(config, method_config)
+    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun / accelerate launch: rank 0 holds the run
+    with RunLock(config.out) if main_rank else nullcontext():  # one trainer per run folder
+        out = train(config, method_config)
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one report per run, also under torchrun / accelerate launch

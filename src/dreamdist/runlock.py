@@ -16,7 +16,7 @@ LOCK_NAME = ".lock"
 ATTEMPTS = 20
 
 
-class RunLocked(RuntimeError):
+class RunLocked(OSError):
     """Another live process trains this run."""
 
 
