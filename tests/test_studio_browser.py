@@ -202,3 +202,73 @@ def test_studio_trains_explores_and_compares_in_chromium(studio):
             "() => { const i = document.querySelector('#compare-plot-toy'); return i && i.naturalWidth > 0; }"
         )
         browser.close()
+
+
+EVIL_PAGE = """<!doctype html><html><body>
+<form id="f" method="POST" enctype="text/plain" target="sink" action="{studio}api/train">
+<input name='{{"name": "viaform", "toy_concept": "cool-patterned", "x": "' value='"}}'></form>
+<iframe name="sink"></iframe>
+<img id="img" src="{studio}api/runs">
+<script>
+window.results = {{}};
+const body = JSON.stringify({{name: "viafetch", toy_concept: "cool-patterned", steps: 1}});
+(async () => {{
+  try {{ await fetch("{studio}api/train", {{method: "POST", mode: "no-cors", body,
+      headers: {{"Content-Type": "text/plain"}}}}); window.results.nocors = "sent"; }}
+  catch (e) {{ window.results.nocors = "blocked"; }}
+  try {{ await fetch("{studio}api/train", {{method: "POST", body,
+      headers: {{"Content-Type": "application/json", "X-Dreamdist-Token": "guess"}}}}); window.results.cors = "read"; }}
+  catch (e) {{ window.results.cors = "blocked"; }}
+  try {{ const r = await fetch("{studio}api/info"); window.results.info = await r.text(); }}
+  catch (e) {{ window.results.info = "blocked"; }}
+  document.getElementById("f").submit();
+  window.results.done = true;
+}})();
+</script></body></html>"""
+
+
+def test_another_site_in_the_browser_can_neither_act_nor_read(tmp_path):
+    """A page of another origin, open in the same browser, tries the studio: a no-cors POST, a CORS
+    POST with a guessed token, a cross-site form post, an <img> and a read. Nothing starts, nothing is
+    read; and a rebinding name that resolves to 127.0.0.1 gets no page."""
+    import http.server
+    import threading
+
+    from dreamdist.studio.server import Studio, make_server
+
+    studio = Studio(tmp_path / "runs")
+    server = make_server(studio, "127.0.0.1", 0).start()
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    page = EVIL_PAGE.format(studio=server.url).encode()
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        with sync_api.sync_playwright() as p:
+            rules = "--host-resolver-rules=MAP evil.test 127.0.0.1"
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", rules])
+            tab = browser.new_page()
+            tab.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+            tab.wait_for_function("() => window.results && window.results.done", timeout=30_000)
+            tab.wait_for_timeout(1500)  # the form post lands in the iframe
+            results = tab.evaluate("() => window.results")
+            assert results["cors"] == "blocked" and results["info"] == "blocked", results
+            rebound = tab.goto(f"http://evil.test:{port}/api/runs")
+            assert rebound.status == 421
+            browser.close()
+        assert sorted(p.name for p in studio.root.iterdir()) == []  # no run, no references, no upload
+    finally:
+        evil.shutdown()
+        server.stop()
+        studio.close()
