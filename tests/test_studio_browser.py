@@ -272,3 +272,72 @@ def test_another_site_in_the_browser_can_neither_act_nor_read(tmp_path):
         evil.shutdown()
         server.stop()
         studio.close()
+
+
+LAYOUT_CHECKS = """() => {
+  const problems = [];
+  if (document.documentElement.scrollWidth > window.innerWidth + 1) problems.push("page wider than the window");
+  for (const input of document.querySelectorAll("fieldset label > input[type=radio]")) {
+    const text = [...input.parentElement.childNodes].find((n) => n.nodeType === 3 && n.textContent.trim());
+    const range = document.createRange(); range.selectNodeContents(text);
+    const gap = range.getBoundingClientRect().left - input.getBoundingClientRect().right;
+    if (gap > 16) problems.push(`radio ${input.value}: words ${gap.toFixed(0)}px from the button`);
+  }
+  const select = document.querySelector("#toy-concept");
+  for (const option of select.options) {
+    if (option.textContent.length > 24) problems.push(`concept option too long: ${option.textContent}`);
+  }
+  const description = document.querySelector("#toy-description");
+  if (!description || !description.textContent) problems.push("no concept description");
+  const log = document.querySelector("#detail-log");
+  if (getComputedStyle(log).whiteSpace !== "pre-wrap") problems.push("log lines do not wrap");
+  return problems;
+}"""
+
+
+@pytest.mark.parametrize("size", [(1280, 900), (390, 844)], ids=["desktop", "phone"])
+def test_page_layout_reads_well_at_desktop_and_phone_width(tmp_path, size):
+    """Radio buttons sit beside their words, concept names fit, log lines wrap, nothing runs off
+    the side of a phone's screen; library notes stay out of the run log."""
+    from dreamdist.studio.runs import PROGRESS, WORKER_DIR, write_json
+    from dreamdist.studio.server import Studio, make_server
+
+    studio = Studio(tmp_path / "runs")
+    run = studio.root / ("a-run-with-a-rather-long-name-" + "x" * 30)
+    write_json(run / "train_config.json", {"method": "dreamdistribution", "train_config": {"images": "/r" * 60}})
+    (run / WORKER_DIR).mkdir(parents=True)
+    (run / WORKER_DIR / PROGRESS).write_text('{"step": 1, "total": 2, "loss": 0.5, "time": 0}\n')
+    (run / WORKER_DIR / "worker.log").write_text("a very long log line without spaces " + "y" * 400 + "\n")
+    server = make_server(studio, "127.0.0.1", 0).start()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+            page.goto(server.url)
+            page.wait_for_selector("#toy-concept option[value=cool-patterned]", state="attached")
+            page.locator(f'#runs-table tr[data-run="{run.name}"]').click()
+            page.wait_for_function("() => document.querySelector('#detail-log').textContent.length > 0")
+            assert page.evaluate(LAYOUT_CHECKS) == []
+            browser.close()
+    finally:
+        server.stop()
+        studio.close()
+
+
+def test_the_worker_keeps_library_notes_out_of_the_run_log(tmp_path):
+    """The trainer's log is what the page shows: no transformers / diffusers backend notes."""
+    from dreamdist.config import TrainConfig
+    from dreamdist.methods.dreamdistribution import DreamDistributionConfig
+    from dreamdist.studio.jobs import Jobs
+    from dreamdist.toyworld.concepts import render_concept
+
+    refs = tmp_path / "refs"
+    render_concept("cool-patterned", refs, n=2, seed=0)
+    jobs = Jobs(tmp_path / "runs")
+    config = TrainConfig(
+        images=str(refs), out=str(tmp_path / "runs" / "quiet"), steps=1, sample_every=1, progress=False
+    )
+    jobs.start("quiet", config, DreamDistributionConfig(num_prompts=2, num_samples=1))
+    jobs.processes["quiet"].wait(300)
+    log = (tmp_path / "runs" / "quiet" / "studio" / "worker.log").read_text()
+    assert "torchvision" not in log and "[transformers]" not in log, log

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from dreamdist.evaluation.report import label as eval_label
 from dreamdist.studio.explore import EXPLORE_DIR, Explorer, new_folder
 from dreamdist.studio.runs import check_name, read_json, write_json
 
 COMPARE_DIR = "_compare"
 TOY_METRICS = ("fidelity", "coverage", "novelty", "attribute_tv")
+# display names with the better direction (novelty has none: copying and wandering off both score badly)
 LABELS = {"fidelity": "fidelity ↑", "coverage": "coverage ↑", "novelty": "novelty", "attribute_tv": "attribute TV ↓"}
 
 
@@ -94,26 +96,28 @@ def eval_rows(root: Path, names: list[str]) -> tuple[list[dict], list[str]]:
 
 
 def plot_rows(
-    rows: list[dict], metrics: tuple[str, ...] | list[str], path: Path, title: str, shares: bool = False
+    rows: list[dict], metrics: tuple[str, ...] | list[str], labels: dict[str, str], path: Path, title: str
 ) -> Path:
-    """Grouped bars: one group per metric, one bar per run (``shares``: every metric lies in [0, 1])."""
+    """One small panel per metric (its label carries the better direction, its own y scale), a bar
+    per run in the same colour in every panel; metrics in [0, 1] on a 0-1 axis."""
     from dreamdist.evaluation.report import require_matplotlib
 
     Figure = require_matplotlib()
-    fig = Figure(figsize=(1.6 + 1.3 * len(metrics) * max(1, len(rows)) / 2, 3.4), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(rows))
-    for i, row in enumerate(rows):
-        values = [row.get(m) if row.get(m) is not None else 0.0 for m in metrics]
-        ax.bar([x + i * width for x in range(len(metrics))], values, width, label=row["run"], color=f"C{i % 10}")
-    ax.set_xticks(
-        [x + width * (len(rows) - 1) / 2 for x in range(len(metrics))], [m.replace("_", " ") for m in metrics]
-    )
-    if shares:
-        ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    columns = min(4, len(metrics))
+    panels = -(-len(metrics) // columns)
+    fig = Figure(figsize=(0.6 + 2.4 * columns, 0.6 + 2.3 * panels), layout="constrained")
+    axes = fig.subplots(panels, columns, squeeze=False).ravel()
+    for ax, metric in zip(axes, metrics):
+        values = [row.get(metric) if row.get(metric) is not None else 0.0 for row in rows]
+        ax.bar(range(len(rows)), values, color=[f"C{i % 10}" for i in range(len(rows))])
+        ax.set_xticks(range(len(rows)), [row["run"] for row in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_title(labels.get(metric, metric), fontsize=10)
+        if all(0.0 <= v <= 1.0 for v in values):
+            ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
@@ -147,17 +151,19 @@ def _compare(explorer: Explorer, root: Path, names: list[str], compare_id: str, 
         oracle = load_oracle()
         toy = [toy_row(explorer, root, name, settings, oracle) for name in toy_names]
     evals, warnings = eval_rows(root, names)
+    labels = {**LABELS, **{m: eval_label(m) for row in evals for m in row if m != "run"}}
     plots = {}
     if toy:
-        plots["toy"] = plot_rows(toy, TOY_METRICS, out / "toy.png", "toy-world oracle report", shares=True).name
+        plots["toy"] = plot_rows(toy, TOY_METRICS, labels, out / "toy.png", "toy-world oracle report").name
     if evals:
         metrics = [m for m in evals[0] if m != "run"]
-        plots["eval"] = plot_rows(evals, metrics, out / "eval.png", "dreamdist eval reports (mean)").name
+        plots["eval"] = plot_rows(evals, metrics, labels, out / "eval.png", "dreamdist eval reports (mean)").name
     if not toy and not evals:
         raise ValueError(
             "nothing to compare: these runs are not on the toy model and hold no report.json; "
             "score them first with `dreamdist eval --out RUNS/NAME/eval ...`"
         )
     result = {"id": compare_id, "toy": toy, "eval": evals, "warnings": warnings, "plots": plots, "settings": settings}
+    result["labels"] = labels  # metric -> display name with the better direction
     write_json(out / "comparison.json", result)
     return result

@@ -7,6 +7,7 @@ let selectedRun = null;
 let uploadBatch = null;
 let pickerRuns = "";
 let lastRuns = "";
+let startedRun = null;  // the run the train status line speaks of, until it stops running
 
 // the server's session token: every state-changing request carries it (another site cannot read it)
 const TOKEN = document.querySelector("meta[name=dreamdist-token]").content;
@@ -97,6 +98,7 @@ $("train-btn").addEventListener("click", async () => {
   try {
     const result = await api("/api/train", trainRequest());
     setStatus("train-status", `started ${result.name}`);
+    startedRun = result.name;
     selectedRun = result.name;
     $("run-name").value = "";
     await refreshRuns();
@@ -192,6 +194,12 @@ async function refreshRuns() {
     lastRuns = snapshot;
     $("runs-table").querySelector("tbody").replaceChildren(...runs.map(runRow));
   }
+  const started = runs.find((r) => r.name === startedRun);
+  if (started && started.state !== "running") {
+    setStatus("train-status", `${started.name}: ${started.state}${started.error ? " · " + started.error : ""}`,
+      started.state === "failed");
+    startedRun = null;
+  }
   if (selectedRun) await showDetail(selectedRun).catch(() => {});
   const finished = runs.filter((r) => r.has_artifact).map((r) => r.name);
   if (finished.join("\n") !== pickerRuns) {
@@ -268,11 +276,10 @@ $("generate-btn").addEventListener("click", async () => {
 // ------------------------------------------------------------------ compare
 function percent(value) { return value == null ? "–" : (100 * value).toFixed(0) + "%"; }
 
-function table(rows, columns, format) {
+function table(rows, columns, format, labels) {
   const node = document.createElement("table");
   const head = node.createTHead().insertRow();
-  const names = { fidelity: "fidelity ↑", coverage: "coverage ↑", attribute_tv: "attribute TV ↓" };
-  for (const column of ["run", ...columns]) head.insertCell().textContent = names[column] || column;
+  for (const column of ["run", ...columns]) head.insertCell().textContent = labels[column] || column;
   const body = node.createTBody();
   for (const row of rows) {
     const line = body.insertRow();
@@ -303,13 +310,13 @@ $("compare-btn").addEventListener("click", async () => {
       const title = document.createElement("h3");
       title.textContent = "toy-world oracle report";
       const metrics = ["fidelity", "coverage", "novelty", "attribute_tv"];
-      out.append(title, table(result.toy, metrics, (m, v) => m === "attribute_tv" ? v.toFixed(2) : percent(v)));
+      out.append(title, table(result.toy, metrics, (m, v) => m === "attribute_tv" ? v.toFixed(2) : percent(v), result.labels));
     }
     if (result.eval.length) {
       const title = document.createElement("h3");
       title.textContent = "dreamdist eval reports (mean over scenarios)";
       const metrics = Object.keys(result.eval[0]).filter((k) => k !== "run");
-      out.append(title, table(result.eval, metrics, (m, v) => v == null ? "–" : v.toFixed(m === "fid" ? 2 : 4)));
+      out.append(title, table(result.eval, metrics, (m, v) => v == null ? "–" : v.toFixed(m === "fid" ? 2 : 4), result.labels));
     }
     for (const [kind, file] of Object.entries(result.plots)) {
       const image = document.createElement("img");
@@ -345,9 +352,16 @@ async function start() {
     for (const concept of info.toy_concepts) {
       const option = document.createElement("option");
       option.value = concept.name;
-      option.textContent = `${concept.name}: ${concept.description}`;
+      option.textContent = concept.name;
+      option.title = option.dataset.description = concept.description;
       $("toy-concept").appendChild(option);
     }
+    const describe = () => {
+      const chosen = $("toy-concept").selectedOptions[0];
+      $("toy-description").textContent = chosen ? chosen.dataset.description : "";
+    };
+    $("toy-concept").addEventListener("change", describe);
+    describe();
   } else {
     $("toy-source").hidden = true;
     $("toy-fields").hidden = true;
