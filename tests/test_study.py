@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.cookiejar
 import io
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -50,27 +51,25 @@ def study(tmp_path):
 
 @pytest.fixture
 def server(study):
-    srv = make_server(study, port=0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
+    srv = make_server(study, port=0).start()
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
 
 
 class Rater:
-    """A browser stand-in: keeps the cookie, fetches pairs and images, votes."""
+    """A browser stand-in: keeps the cookie and the page's session token, fetches pairs and images, votes."""
 
     def __init__(self, url: str):
         self.url = url
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
         self.received: list[bytes] = []
+        self.token = ""
 
     @property
     def id(self) -> str | None:
-        """The rater id the server handed out in its cookie."""
-        return next((c.value for c in self.jar if c.name == "dreamdist_rater"), None)
+        """The rater id the server handed out in its (signed) cookie."""
+        return next((c.value.split(".")[0] for c in self.jar if c.name == "dreamdist_rater"), None)
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
@@ -80,11 +79,14 @@ class Rater:
         except urllib.error.HTTPError as exc:
             body, status = exc.read(), exc.code
         self.received.append(body)
+        if found := re.search(rb'<meta name="dreamdist-token" content="([^"]+)">', body):
+            self.token = found.group(1).decode()  # what the page's script sends with every POST
         return status, body
 
     def post(self, path: str, data: dict | bytes, content_type: str = "application/json") -> tuple[int, dict]:
         body = data if isinstance(data, bytes) else json.dumps(data).encode()
-        request = urllib.request.Request(self.url + path, body, {"Content-Type": content_type}, method="POST")
+        headers = {"Content-Type": content_type, "X-Dreamdist-Token": self.token}
+        request = urllib.request.Request(self.url + path, body, headers, method="POST")
         try:
             with self.opener.open(request, timeout=30) as response:
                 raw, status = response.read(), response.status
@@ -317,10 +319,10 @@ def test_report_text_and_out_folder(study, tmp_path, capsys):
     conn = store.open_study(study)
     pairs = [t for (t,) in conn.execute("SELECT token FROM pairs")]
     for i in range(4):  # four raters, straight through the store
-        rater = store.register_rater(conn)
+        rater = store.new_token()
         for _ in pairs[: 2 + i]:
             shown = store.next_pair(conn, rater)
-            store.record_vote(conn, rater, shown[0], ("left", "tie", "right")[i % 3])
+            store.record_vote(conn, rater, shown[0], ("left", "tie", "right")[i % 3], shown=shown[0])
     conn.close()
     out = tmp_path / "report"
     assert main(["study", "report", str(study), "--out", str(out), "--bootstrap", "100"]) == 0
@@ -344,10 +346,10 @@ def test_per_rater_limit_and_even_coverage(tmp_path):
     create_study(path, [ImageSource("a", red), ImageSource("b", blue)], n_pairs=4, per_rater=2)
     conn = store.open_study(path)
     for _ in range(4):
-        rater = store.register_rater(conn)
+        rater = store.new_token()
         for _ in range(2):
             shown = store.next_pair(conn, rater)
-            assert store.record_vote(conn, rater, shown[0], "left").total == 2
+            assert store.record_vote(conn, rater, shown[0], "left", shown=shown[0]).total == 2
         assert store.next_pair(conn, rater) is None and store.progress(conn, rater).finished
         voted = {
             t

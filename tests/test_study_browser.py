@@ -1,17 +1,21 @@
 """The voting page in a real browser (Playwright driving Debian's chromium).
 
 The study server runs as the real command (``python -m dreamdist.cli study serve``), is killed
-with SIGKILL half-way and restarted; the rater's browser carries on where it was.
+with SIGKILL half-way and restarted; the rater's browser carries on where it was. A page of
+another origin, opened in the rater's browser, cannot vote nor make raters.
 """
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,50 @@ def start_server(study: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
 def saved_votes(study: Path) -> int:
     with sqlite3.connect(f"file:{study}?mode=ro", uri=True) as conn:
         return conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0]
+
+
+def saved_raters(study: Path) -> int:
+    with sqlite3.connect(f"file:{study}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT COUNT(*) FROM raters").fetchone()[0]
+
+
+EVIL_PAGE = """<!doctype html><html><body>
+<img src="{study}"><img src="{study}?invite=AAAAAAAAAAAAAAAAAAAAAA"><img src="{study}api/next">
+<iframe name="sink"></iframe>
+<form method="POST" action="{study}api/vote" enctype="text/plain" target="sink">
+<input type="hidden" name='{{"pair": "{pair}", "choice": "left", "x": "' value='"}}'></form>
+<script>
+const vote = JSON.stringify({{ pair: "{pair}", choice: "left" }});
+const sent = [];
+const tries = [
+  {{ method: "POST", body: vote, mode: "no-cors", credentials: "include" }},
+  {{ method: "POST", body: vote, mode: "no-cors", credentials: "include",
+     headers: {{ "Content-Type": "application/json", "X-Dreamdist-Token": "guessed" }} }},
+  {{ method: "POST", body: vote, credentials: "include", headers: {{ "Content-Type": "application/json" }} }},
+];
+Promise.allSettled(tries.map((t) => fetch("{study}api/vote", t).then(() => sent.push(1))))
+  .then(() => {{ document.forms[0].submit(); setTimeout(() => {{ document.title = "done"; }}, 1500); }});
+</script></body></html>"""
+
+
+def serve_page(body: str, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """A second, unrelated web server answering every GET with ``body`` (another origin)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((host, 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def test_vote_in_chromium_survive_a_killed_server_and_report_the_right_sets(tmp_path, capsys):
@@ -125,3 +173,85 @@ def test_vote_in_chromium_survive_a_killed_server_and_report_the_right_sets(tmp_
     assert report["sets"][names[0]]["wins"] == 7 and report["sets"][names[1]]["wins"] == 0
     assert report["sets"][names[0]]["win_rate"] == pytest.approx(7.5 / 8)
     assert report["sets"][names[0]]["score"] > report["sets"][names[1]]["score"]
+
+
+def visit(browser, url: str) -> list[tuple[str, str, int | str]]:
+    """Open the attacker's page in a new tab until its script is done: (method, url, status or failure)
+    of every request it made."""
+    seen = []
+    tab = browser.new_page()
+    tab.on("response", lambda r: seen.append((r.request.method, r.url, r.status)))
+    tab.on("requestfailed", lambda r: seen.append((r.method, r.url, r.failure)))
+    tab.goto(url)
+    tab.wait_for_function("document.title === 'done'", timeout=30000)
+    tab.close()
+    return seen
+
+
+def test_a_page_of_another_origin_cannot_vote_nor_make_raters(tmp_path):
+    from dreamdist.study.create import ImageSource, create_study
+    from dreamdist.study.server import make_server
+
+    study = tmp_path / "study.sqlite"
+    red = color_folder(tmp_path / "red", (220, 30, 30), 2)
+    blue = color_folder(tmp_path / "blue", (30, 30, 220), 2)
+    create_study(study, [ImageSource("a", red), ImageSource("b", blue)], n_pairs=4)
+    srv = make_server(study, port=0).start()
+    evil = []
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(srv.url)  # the rater has a cookie and is shown a pair: the best case for an attacker
+            sync_api.expect(page.get_by_role("button", name="Left")).to_be_enabled()
+            pair = page.evaluate("pair")
+            # another port on the same host is same-site (cookies go along); localhost is another site
+            for host in ("127.0.0.1", "localhost"):
+                evil.append(serve_page(EVIL_PAGE.format(study=html.escape(srv.url), pair=pair)))
+                seen = visit(browser, f"http://{host}:{evil[-1].server_address[1]}/")
+                # answered by the study server: a status, or an answer the browser then withheld from the
+                # page (Cross-Origin-Resource-Policy, X-Frame-Options); a failed CORS preflight never got further
+                reached = [(m, u.removeprefix(srv.url)) for m, u, s in seen if u.startswith(srv.url)
+                           and (isinstance(s, int) or s.startswith("net::ERR_BLOCKED_BY_RESPONSE"))]  # fmt: skip
+                assert reached.count(("POST", "api/vote")) >= 3, seen  # two fetches and the form: sent
+                assert sum(method == "GET" for method, _ in reached) == 3, seen  # the <img>s
+                assert (saved_votes(study), saved_raters(study)) == (0, 0), host
+            assert page.evaluate("pair") == pair
+            page.get_by_role("button", name="Left").click()  # the rater's own page still votes
+            sync_api.expect(page.locator("#progress-text")).to_have_text("1 / 4")
+            browser.close()
+    finally:
+        srv.stop()
+        for server in evil:
+            server.shutdown()
+            server.server_close()
+    assert (saved_votes(study), saved_raters(study)) == (1, 1)
+
+
+def test_an_invite_link_works_in_the_first_browser_only(tmp_path):
+    from dreamdist.study.create import ImageSource, create_study
+    from dreamdist.study.server import make_server
+
+    study = tmp_path / "study.sqlite"
+    red = color_folder(tmp_path / "red", (220, 30, 30), 2)
+    blue = color_folder(tmp_path / "blue", (30, 30, 220), 2)
+    invite = create_study(study, [ImageSource("a", red), ImageSource("b", blue)], n_pairs=2, invites=1)["invites"][0]
+    srv = make_server(study, port=0).start()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            first, second = browser.new_context().new_page(), browser.new_context().new_page()
+            first.goto(f"{srv.url}?invite={invite}")
+            first.get_by_role("button", name="Right").click()
+            sync_api.expect(first.locator("#progress-text")).to_have_text("1 / 2")
+            first.reload()  # the same browser may come back with its link
+            sync_api.expect(first.get_by_role("button", name="Left")).to_be_enabled()
+            second.goto(f"{srv.url}?invite={invite}")  # another browser with the same link
+            sync_api.expect(second.get_by_role("status")).to_contain_text("already used in another browser")
+            sync_api.expect(second.locator("#voting")).to_be_hidden()  # no pair shown
+            second.goto(srv.url)  # or without it
+            sync_api.expect(second.get_by_role("status")).to_contain_text("by invitation only")
+            browser.close()
+    finally:
+        srv.stop()
+    assert (saved_votes(study), saved_raters(study)) == (1, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -33,12 +34,33 @@ def register(subparsers) -> None:
     create.add_argument("--question", default=None, help="the question raters answer")
     create.add_argument("--per-rater", type=int, default=0, help="pairs asked of each rater (default 0: all)")
     create.add_argument("--seed", type=int, default=0, help="seed of the pairs and left/right order (default: 0)")
+    create.add_argument(
+        "--invites",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print N one-time rater links; only raters with one may vote (default 0: anyone who opens the page)",
+    )
+    create.add_argument(
+        "--max-side",
+        type=int,
+        default=768,
+        help="longest side of the set images as served; all get one size (default: 768)",
+    )
     create.set_defaults(func=cmd_create)
 
     serve = sub.add_parser("serve", help="serve the voting page")
     serve.add_argument("study", help="the study file")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    serve.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name raters may use in the address (e.g. the machine's LAN name); repeatable. IP addresses "
+        "and localhost always work",
+    )
     serve.set_defaults(func=cmd_serve)
 
     report = sub.add_parser("report", help="per-set votes, win rates, Bradley-Terry scores, intervals, agreement")
@@ -62,10 +84,18 @@ def cmd_create(args: argparse.Namespace) -> int:
         question=args.question or DEFAULT_QUESTION,
         seed=args.seed,
         per_rater=args.per_rater,
+        invites=args.invites,
+        max_side=args.max_side,
     )
     images = ", ".join(f"{name}: {n}" for name, n in summary["sets"].items())
+    width, height = summary["size"]
     print(f"wrote {args.study}: {summary['pairs']} pairs over {len(summary['sets'])} sets ({images}), "
-          f"{summary['refs']} reference images")  # fmt: skip
+          f"{summary['refs']} reference images; images served at {width}x{height}")  # fmt: skip
+    if summary["invites"]:
+        print(f"{len(summary['invites'])} one-time rater links (each works in one browser; only they may vote).")
+        print("Replace http://127.0.0.1:8765/ with the address 'study serve' prints:")
+        for token in summary["invites"]:
+            print(f"  http://127.0.0.1:8765/?invite={token}")
     print(f"next: dreamdist study serve {args.study}")
     return 0
 
@@ -73,17 +103,19 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dreamdist.study.server import make_server
 
-    server = make_server(args.study, args.host, args.port)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"note: serving on {args.host}: anyone who can reach it can vote", file=sys.stderr)
-    print(f"serving {args.study} ({server.n_pairs} pairs, {server.n_sets} sets) on {server.url}", flush=True)
+    server = make_server(args.study, args.host, args.port, args.allow_host)
+    study = server.study
+    print(f"serving {args.study} ({study.n_pairs} pairs, {study.n_sets} sets) on {server.url}", flush=True)
+    if study.invites:
+        print(f"invite-only: {study.invites} one-time links; open them as {server.url}?invite=TOKEN", flush=True)
+    elif args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"note: serving on {args.host}: anyone who can reach it can vote (create with --invites to limit)",
+              file=sys.stderr)  # fmt: skip
+    if not os.access(args.study, os.W_OK) or not os.access(os.path.dirname(os.path.abspath(args.study)), os.W_OK):
+        print("note: the study file or its folder is read-only: votes will be refused (503)", file=sys.stderr)
     print("Ctrl-C stops; every acknowledged vote is already on disk", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped")
-    finally:
-        server.server_close()
+    server.run()
+    print("stopped")
     return 0
 
 

@@ -2,13 +2,13 @@
 
 Each pair holds one image of two different sets, in a random left/right order. Pairs are spread
 evenly over the set pairs (A-B, A-C, B-C, ...) and each set's images are dealt like a shuffled
-deck, so every image is used about equally often. Images are decoded, checked and re-encoded as
-PNG without metadata: nothing in a served file (name, EXIF, PNG text) tells where it came from.
+deck, so every image is used about equally often. Images are rebuilt from their pixels alone, at
+one size for all sets (:mod:`dreamdist.study.images`): nothing in a served file (name, EXIF, PNG
+chunks, size in pixels or in bytes) tells which set it came from.
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
@@ -19,12 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
-from dreamdist.study import store
+from dreamdist.study import images, store
 
 DEFAULT_QUESTION = "Which image fits the reference images better?"
-REFERENCE_SIDE = 384  # references are shown small; no need to serve them at full size
 _NAME = re.compile(r"[^\s=][^=]*")
 
 
@@ -62,7 +59,7 @@ def image_files(folder: Path, what: str) -> list[Path]:
                 continue
             try:
                 record = json.loads(line)
-                files.append(folder / record["file"])
+                files.append(inside(folder, record["file"], f"{what}: {manifest} line {number}"))
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise ValueError(f'{what}: {manifest} line {number} is not a JSON object with a "file" key') from None
     else:
@@ -72,21 +69,19 @@ def image_files(folder: Path, what: str) -> list[Path]:
     return files
 
 
-def encode_png(path: Path, what: str, max_side: int | None = None) -> bytes:
-    """Decode one image fully (EXIF orientation, RGB) and re-encode it as a metadata-free PNG."""
-    from dreamdist.data import open_image
-
-    try:
-        image = open_image(path, min_side=1)
-    except ValueError as exc:
-        raise ValueError(f"{what}: cannot use {path}: {exc}; fix or remove the file") from None
-    except OSError as exc:
-        raise OSError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
-    if max_side is not None and max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+def inside(folder: Path, name: str, where: str) -> Path:
+    """``folder / name`` for a manifest's ``file`` entry, refused unless it stays inside ``folder``
+    (no absolute path, no ``..``, no symbolic link that leads out)."""
+    if not isinstance(name, str):
+        raise TypeError(name)
+    root = folder.resolve()
+    path = folder / name
+    if not path.resolve().is_relative_to(root):
+        raise ValueError(
+            f"{where}: file {name!r} is outside the set's folder {folder}; a manifest may only name files "
+            "inside its own folder (copy the images there)"
+        )
+    return path
 
 
 def _deck(items: list[int], rng: random.Random) -> Iterator[int]:
@@ -125,6 +120,8 @@ def create_study(
     question: str = DEFAULT_QUESTION,
     seed: int = 0,
     per_rater: int = 0,
+    invites: int = 0,
+    max_side: int = images.MAX_SIDE,
 ) -> dict:
     """Check the folders, read the images and write a new study file (atomically).
 
@@ -136,9 +133,11 @@ def create_study(
         question: the question the raters answer.
         seed: seed of the pair draw and of the left/right order.
         per_rater: pairs asked of each rater (0: all).
+        invites: one-time rater links to make; with any, only invited raters may vote (0: an open study).
+        max_side: the longest side of the set images as served (they all get one size, see images.py).
 
     Returns:
-        a summary: ``{"pairs", "sets": {name: images}, "refs"}``.
+        a summary: ``{"pairs", "sets": {name: images}, "refs", "size": (width, height), "invites": [token]}``.
     """
     path = Path(path)
     if path.exists():
@@ -154,8 +153,13 @@ def create_study(
         raise ValueError(f"--per-rater must be 0 (all pairs) or more; got {per_rater}")
     if not question.strip():
         raise ValueError("--question must not be empty")
+    if invites < 0:
+        raise ValueError(f"--invites must be 0 (an open study) or more; got {invites}")
     files = [image_files(s.folder, f"set {s.name!r}") for s in sets]
     ref_files = image_files(Path(refs), "--refs") if refs is not None else []
+    size = images.study_size(
+        [images.probe_size(f, f"set {s.name!r}") for s, set_files in zip(sets, files) for f in set_files], max_side
+    )
     sizes = [len(f) for f in files]
     combos = len(sizes) * (len(sizes) - 1) // 2
     n_pairs = combos * max(sizes) if n_pairs is None else n_pairs
@@ -164,26 +168,28 @@ def create_study(
     conn = store.create_database(tmp)
     try:
         meta = {"format": store.FORMAT, "version": store.VERSION, "question": question.strip(), "seed": str(seed)}
-        meta |= {"per_rater": str(per_rater), "created": str(time.time())}
+        meta |= {"per_rater": str(per_rater), "created": str(time.time()), "secret": store.new_secret()}
         conn.execute("BEGIN")
         conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        tokens = store.add_invites(conn, invites)
         image_ids: list[list[int]] = []
         for set_id, (source, set_files) in enumerate(zip(sets, files), start=1):
             # explicit ids 1..K: set index i is id i + 1 (store.vote_rows relies on it)
             conn.execute("INSERT INTO sets VALUES (?, ?, ?)", (set_id, source.name, str(source.folder.resolve())))
             ids = []
             for file in set_files:
-                png = encode_png(file, f"set {source.name!r}")
+                png = images.compact_png(images.fit(images.load_pixels(file, f"set {source.name!r}"), size))
                 cur = conn.execute(
                     "INSERT INTO images (token, set_id, source, png) VALUES (?, ?, ?, ?)",
                     (store.new_token(), set_id, str(file.resolve()), png),
                 )
                 ids.append(cur.lastrowid)
             image_ids.append(ids)
-        for file in ref_files:
+        for file in ref_files:  # references are not compared: their own shape, shown small
+            png = images.compact_png(images.shrink(images.load_pixels(file, "--refs"), images.REFERENCE_SIDE))
             conn.execute(
                 "INSERT INTO images (token, set_id, source, png) VALUES (?, NULL, ?, ?)",
-                (store.new_token(), str(file.resolve()), encode_png(file, "--refs", REFERENCE_SIDE)),
+                (store.new_token(), str(file.resolve()), png),
             )
         rows = [
             (store.new_token(), image_ids[ls][li], image_ids[rs][ri])
@@ -201,4 +207,4 @@ def create_study(
         raise
     for leftover in (tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
         leftover.unlink(missing_ok=True)
-    return {"pairs": n_pairs, "sets": dict(zip(names, sizes)), "refs": len(ref_files)}
+    return {"pairs": n_pairs, "sets": dict(zip(names, sizes)), "refs": len(ref_files), "size": size, "invites": tokens}

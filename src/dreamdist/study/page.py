@@ -1,6 +1,9 @@
 """The voting page: static HTML and a little JavaScript; every datum comes from ``/api/next``.
 
-The page holds no set name, folder or file name; it learns only opaque pair and image ids.
+The page holds no set name, folder or file name; it learns only opaque pair and image ids. It
+carries the server's session token (``<meta name="dreamdist-token">``) and sends it as
+``X-Dreamdist-Token`` with every POST: another site cannot read the page, so it cannot vote.
+Opened as ``/?invite=TOKEN``, it first claims the invite (``POST /api/join``).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ TEMPLATE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="dreamdist-token" content="__TOKEN__">
 <title>Image preference study</title>
 <style>
   body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 70rem; padding: 0 1rem; color: #222; }
@@ -49,8 +53,16 @@ TEMPLATE = """<!doctype html>
 <p id="status" role="status"></p>
 <script>
 "use strict";
-let pair = null, busy = true, loading = 0;
+let pair = null, busy = true;
 const $ = (id) => document.getElementById(id);
+const TOKEN = document.querySelector('meta[name="dreamdist-token"]').content;
+function post(path, body) {
+  return fetch(path, {
+    method: "POST", credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-Dreamdist-Token": TOKEN },
+    body: JSON.stringify(body),
+  });
+}
 const buttons = () => document.querySelectorAll("button[data-choice]");
 function enable(on) { buttons().forEach((b) => { b.disabled = !on; }); busy = !on; }
 function say(text) { $("status").textContent = text || ""; }
@@ -93,11 +105,7 @@ async function vote(choice) {
   enable(false);
   say("");
   try {
-    const response = await fetch("api/vote", {
-      method: "POST", credentials: "same-origin",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ pair: pair, choice: choice }),
-    });
+    const response = await post("api/vote", { pair: pair, choice: choice });
     const data = await response.json();
     if (!response.ok) say(data.error || "error " + response.status);
   } catch (e) {
@@ -112,13 +120,24 @@ document.addEventListener("keydown", (event) => {
   const choice = { ArrowLeft: "left", ArrowRight: "right", ArrowDown: "tie" }[event.key];
   if (choice) { event.preventDefault(); vote(choice); }
 });
-load();
+async function start() {
+  const invite = new URLSearchParams(location.search).get("invite");
+  if (invite !== null) {  // claim the invite link for this browser before the first pair
+    try {
+      const response = await post("api/join", { invite: invite });
+      if (!response.ok) { say((await response.json()).error || "error " + response.status); return; }
+    } catch (e) { say("cannot reach the study server; retry by reloading the page"); return; }
+  }
+  await load();
+}
+start();
 </script>
 </body>
 </html>
 """
 
 
-def render_page(question: str) -> bytes:
-    """The page for one study: the question (HTML-escaped) is its only variable."""
-    return TEMPLATE.replace("__QUESTION__", html.escape(question)).encode("utf-8")
+def render_page(question: str, token: str) -> bytes:
+    """The page for one study and server: the question and the session token (both HTML-escaped)."""
+    page = TEMPLATE.replace("__TOKEN__", html.escape(token)).replace("__QUESTION__", html.escape(question))
+    return page.encode("utf-8")

@@ -21,6 +21,8 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from starlette.exceptions import HTTPException
+
 TOKEN_HEADER = "x-dreamdist-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -39,8 +41,12 @@ SECURITY_HEADERS = [
 ]
 
 
-class BodyTooLarge(Exception):
-    """A request body (chunked, so without a ``Content-Length``) ran past its limit."""
+class BodyTooLarge(HTTPException):
+    """A request body (chunked, so without a ``Content-Length``) ran past its limit; an HTTP error,
+    so the framework answers 413 even where it reads the body for a route."""
+
+    def __init__(self, limit: int = 0):
+        super().__init__(413, f"request body over the limit of {limit} bytes")
 
 
 def host_name(value: str) -> str:
@@ -119,7 +125,7 @@ class Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracking_send(message):

@@ -9,7 +9,7 @@ import logging
 import socket
 import threading
 
-from dreamdist.web.guard import BodyTooLarge, Guard, Policy
+from dreamdist.web.guard import Guard, Policy
 
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 1024  # open connections; beyond this uvicorn answers 503
@@ -70,10 +70,6 @@ def error_handlers(app, scrub=lambda text: text) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_request, exc: HTTPException):
         return answer(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(_request, _exc):
-        return answer(413, "request body over the limit")
 
     @app.exception_handler(RecursionError)
     async def too_deep(_request, _exc):
