@@ -85,7 +85,9 @@ class GenerateRequest(Form):
     """The explore form: runs (weighted when several), sampler settings, text edits, seed."""
 
     runs: Annotated[list[Name], Field(max_length=MAX_MIX)]  # empty: the explorer says what to do
-    weights: Annotated[list[Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] | None, Field(max_length=MAX_MIX)] = None
+    weights: Annotated[
+        list[Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] | None, Field(max_length=MAX_MIX)
+    ] = None
     gamma: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 1.0
     sampler: SamplerName = "mixture"
     prefix: Text = None

@@ -245,6 +245,7 @@ def body_limit(path: str) -> int:
 
 def create_app(studio: Studio, policy: Policy):
     """The FastAPI app of ``studio``; the page it serves carries ``policy.token``."""
+
     @asynccontextmanager
     async def lifespan(_app):
         yield
@@ -252,7 +253,13 @@ def create_app(studio: Studio, policy: Policy):
 
     app = FastAPI(title="dreamdist studio", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     error_handlers(app, studio.scrub)
-    for kind, status in ((FileNotFoundError, 404), (FileExistsError, 409), (Busy, 503), (ValueError, 400), (OSError, 400)):
+    for kind, status in (
+        (FileNotFoundError, 404),
+        (FileExistsError, 409),
+        (Busy, 503),
+        (ValueError, 400),
+        (OSError, 400),
+    ):
 
         async def handler(_request, exc, status=status):
             return JSONResponse({"error": studio.scrub(str(exc).strip("'\""))}, status_code=status)
@@ -333,5 +340,7 @@ def create_app(studio: Studio, policy: Policy):
 
 def make_server(studio: Studio, host: str = "127.0.0.1", port: int = 7860, allow_hosts: tuple[str, ...] = ()):
     """A :class:`dreamdist.web.serve.Server` bound to ``host:port`` (port 0: a free one) serving ``studio``."""
-    policy = Policy(hosts=allowed_hosts(host, allow_hosts), body_limit=body_limit, raw_body=lambda p: p == "/api/upload")
+    policy = Policy(
+        hosts=allowed_hosts(host, allow_hosts), body_limit=body_limit, raw_body=lambda p: p == "/api/upload"
+    )
     return Server(create_app(studio, policy), policy, host, port)
