@@ -175,10 +175,14 @@ def test_a_rerun_skips_written_images_and_redoes_only_what_is_missing(runs, tmp_
     assert more.reused == 5 and len(more.paths) == 7
 
 
-def test_another_request_in_the_same_folder_replaces_the_images(runs, tmp_path):
+def test_another_request_in_the_same_folder_is_refused_unless_overwrite(runs, tmp_path):
     gen(tmp_path, [runs["a"]], num_images=3, gamma=1.0)
     before = (tmp_path / "00000.png").read_bytes()
-    other = gen(tmp_path, [runs["a"]], num_images=2, gamma=3.0)
+    with pytest.raises(FileExistsError, match="other settings: --gamma.*--overwrite"):
+        gen(tmp_path, [runs["a"]], num_images=2, gamma=3.0)
+    assert (tmp_path / "00002.png").exists()  # dreamdist.outputs: nothing replaced silently
+    base = dict(out=str(tmp_path), artifacts=[str(runs["a"])], num_inference_steps=3, progress=False)
+    other = generate(GenerateConfig(**base, num_images=2, gamma=3.0), overwrite=True)
     assert other.reused == 0 and (tmp_path / "00000.png").read_bytes() != before
     assert not (tmp_path / "00002.png").exists()  # the old request's files are gone
     assert len((tmp_path / "manifest.jsonl").read_text().splitlines()) == 2

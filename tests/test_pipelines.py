@@ -184,7 +184,9 @@ def test_output_size_manifest_and_request_follow_the_init_image(world, tmp_path)
     assert row["pipeline"] == "img2img" and row["strength"] == 0.5 and row["size"] == [40, 24]
     assert generate(config, backbone=backbone).reused == 1  # same request: nothing redone
     (init / "img_01.png").replace(init / "img_00.png")  # same path, other pixels: a new request
-    assert generate(config, backbone=backbone).reused == 0
+    with pytest.raises(FileExistsError, match="other settings: input_files"):  # refused, not replaced silently
+        generate(config, backbone=backbone)
+    assert generate(config, backbone=backbone, overwrite=True).reused == 0
 
 
 def test_pipeline_names_are_the_pipeline_table():

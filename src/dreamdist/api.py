@@ -8,8 +8,8 @@ from dreamdist.artifact import load_artifact
 from dreamdist.backbone import Backbone
 from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.generation import GenerationResult, generate
-from dreamdist.prompt_distribution import nearest_tokens
 from dreamdist.training.loop import train
+from dreamdist.vocab import nearest_words
 
 __all__ = ["GenerateConfig", "GenerationResult", "TrainConfig", "generate", "interpret", "train"]
 
@@ -19,8 +19,11 @@ def interpret(
 ) -> dict[str, list[list[tuple[str, float]]]]:
     """Nearest vocabulary words of each learned token (mean over K), per concept.
 
-    Returns ``{class name: [token 1: [(word, cosine), ...], token 2: ..., ...]}``.
+    Returns ``{class name: [token 1: [(word, cosine), ...], token 2: ..., ...]}``: words as text
+    (special tokens and lone bytes skipped, word pieces marked ``…``; ``dreamdist.vocab``).
     """
+    if top_k < 1:
+        raise ValueError(f"--top-k must be >= 1; got {top_k}")
     art = load_artifact(artifact, allow_pickle)
     if "vectors" in art.tensors:  # DreamDistribution: (C, K, M, d_tok)
         vectors, names = art.tensors["vectors"], art.meta["class_names"]
@@ -30,4 +33,4 @@ def interpret(
         raise ValueError(f"{art.path} ({art.method}) has no learned token embeddings to interpret")
     backbone = Backbone.from_pretrained(model or art.meta["backbone"]["model_id"], "cpu", "fp32", allow_pickle)
     backbone.check_compatible(art.meta["backbone"], art.tensors.get("backbone.probe"), str(art.path))
-    return {name: nearest_tokens(backbone, vectors[c], top_k) for c, name in enumerate(names)}
+    return {name: nearest_words(backbone, vectors[c], top_k) for c, name in enumerate(names)}

@@ -10,7 +10,9 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
+import re
 import signal
 import sys
 import types
@@ -18,6 +20,9 @@ import typing
 from collections.abc import Callable
 
 from dreamdist import __version__
+
+if typing.TYPE_CHECKING:
+    from dreamdist.config import TrainConfig
 
 
 def _flag(name: str) -> str:
@@ -142,21 +147,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dreamdist.training.loop import train
 
     config, method_config = train_configs(args)
+    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun / accelerate launch: rank 0 holds the run
+    if main_rank:
+        _check_run_folder(config, args.overwrite)
     if config.model == "toy":
         print("using the built-in toy model (pass --model to train a Stable Diffusion checkpoint)", file=sys.stderr)
-    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun / accelerate launch: rank 0 holds the run
     with RunLock(config.out) if main_rank else nullcontext():  # one trainer per run folder
         out = train(config, method_config)
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one report per run, also under torchrun / accelerate launch
         print(f"done: artifact in {out}/dreamdist.safetensors")
-        print(f"next: dreamdist generate {out} --num-images 16 --out {out}/samples")
+        print(f"next: dreamdist generate {out} --num-images 16 --out {out}/generated")
     return 0
 
 
+def _check_run_folder(config: TrainConfig, overwrite: bool) -> None:
+    """The output policy (``dreamdist.outputs``) for ``train --out``: ``--resume`` continues the run in
+    it, ``--overwrite`` replaces it; a folder of other files is refused."""
+    from dreamdist.outputs import TRAIN, check_output
+
+    if overwrite and config.resume:
+        raise ValueError("give --resume (continue the run) or --overwrite (replace it), not both")
+    if overwrite and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the other ranks would race the removal
+        raise ValueError(f"--overwrite with several processes: remove {config.out} first, or choose another --out")
+    hint = "pass --resume to continue it, " if not config.resume else ""
+    check_output(config.out, TRAIN, overwrite, resumable=config.resume, resume_hint=hint)
+
+
 def parse_mix(items: list[str]) -> tuple[list[str], list[float]]:
-    """``["runs/a:0.3", "runs/b:0.7"]`` -> paths and weights (the last ':' splits)."""
+    """``["runs/a:0.3", "runs/b:0.7"]`` -> paths and weights (the last ':' splits), as given."""
     paths, weights = [], []
     for item in items:
         path, sep, weight = item.rpartition(":")
@@ -166,36 +186,59 @@ def parse_mix(items: list[str]) -> tuple[list[str], list[float]]:
             weights.append(float(weight))
         except ValueError:
             raise ValueError(f"--mix weight of {path!r} is not a number: {weight!r}") from None
+        if not math.isfinite(weights[-1]) or weights[-1] < 0:
+            raise ValueError(f"--mix weight of {path!r} must be a number >= 0; got {weight!r}")
         paths.append(path)
     return paths, weights
+
+
+def normalise_weights(weights: list[float]) -> list[float]:
+    """Weights divided by their sum (as the studio does); refuses all-zero weights."""
+    total = sum(weights)
+    if total <= 0:
+        raise ValueError("--mix weights are all 0; give at least one weight > 0, e.g. runs/a:0.3 runs/b:0.7")
+    return [w / total for w in weights]
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from dreamdist.config import GenerateConfig
     from dreamdist.generation import generate
+    from dreamdist.prompts import prompt_set
 
     artifacts, weights = list(args.artifacts), None
     if args.mix:
         if artifacts:
             raise ValueError("give artifacts either positionally or with --mix, not both")
-        artifacts, weights = parse_mix(args.mix)
-    result = generate(from_args(GenerateConfig, args, artifacts=artifacts, weights=weights))
-    reused = f" ({result.reused} already there)" if result.reused else ""
-    print(f"wrote {len(result.paths)} images{reused}, {result.grid} and {result.manifest}")
+        artifacts, given = parse_mix(args.mix)
+        weights = normalise_weights(given)
+        if not math.isclose(sum(given), 1.0, abs_tol=1e-3):
+            shown = ", ".join(f"{w:.4g}" for w in weights)
+            print(f"note: --mix weights sum to {sum(given):.4g}; normalised to {shown}", file=sys.stderr)
+    config = from_args(GenerateConfig, args, artifacts=artifacts, weights=weights)
+    count = f"{config.num_images} images"
+    if config.prompt_set is not None:  # --num-images is per prompt: every prompt equally represented
+        prompts = len(prompt_set(config.prompt_set))
+        count = f"{prompts} prompts x {config.num_images} images = {prompts * config.num_images} images"
+        print(f"prompt set {config.prompt_set!r}: {count}", file=sys.stderr)
+    result = generate(config, overwrite=args.overwrite)
+    reused = f"; {result.reused} of them were already in {config.out}, from an earlier run" if result.reused else ""
+    print(f"wrote {count}{reused}: {result.grid} and {result.manifest}")
     return 0
 
 
 def cmd_interpret(args: argparse.Namespace) -> int:
     from dreamdist.api import interpret
+    from dreamdist.vocab import PIECE
 
     table = interpret(args.artifact, args.model, args.top_k, args.allow_pickle)
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
     for name, tokens in table.items():
-        print(f"concept {name!r}: nearest words of each learned token (mean over the K prompts)")
+        print(f"concept {name!r}: nearest words of each learned token (mean over the K prompts; cosine)")
         for m, words in enumerate(tokens):
             print(f"  token {m + 1}: " + ", ".join(f"{w} ({s:.2f})" for w, s in words))
+    print(f"('{PIECE}' marks a word piece: the start or middle of a longer word)")
     return 0
 
 
@@ -207,12 +250,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def plain(text: str) -> str:
+    """reStructuredText markup (``:class:`X```, double backticks, ``*emphasis*``) -> plain text."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return re.sub(r"`{1,2}([^`]+)`{1,2}", r"\1", text).replace("**", "")
+
+
+def _key_flag(f: dataclasses.Field) -> str:
+    """``--class-noun (required)``, ``--num-prompts 32``, ``--instance-prompt 'a {}'``: a flag and its default."""
+    if f.default is dataclasses.MISSING:
+        return f"{_flag(f.name)} (required)"
+    if f.default is None or isinstance(f.default, bool):
+        return _flag(f.name)
+    quoted = isinstance(f.default, str) and (" " in f.default or not f.default)
+    return f"{_flag(f.name)} {f.default!r}" if quoted else f"{_flag(f.name)} {f.default}"
+
+
+KEY_FLAGS = 3  # flags shown per method: the required ones, then the first fields of its config
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from dreamdist.methods import get_method, method_names
 
+    print("Training methods (dreamdist train --method NAME; add --help for all of a method's flags):")
     for name in method_names():
-        config_cls = get_method(name)[0]
-        print(f"{name}: {(config_cls.__doc__ or '').strip()}")
+        config_cls = get_method(name).config
+        summary = plain((config_cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "))
+        fields = sorted(dataclasses.fields(config_cls), key=lambda f: f.default is dataclasses.MISSING, reverse=True)
+        shown = fields[: max(KEY_FLAGS, sum(f.default is dataclasses.MISSING for f in fields))]
+        print(f"\n{name}\n    {summary}\n    key flags: {', '.join(_key_flag(f) for f in shown)}")
     return 0
 
 
@@ -225,6 +291,7 @@ def build_parser(method: str | None = "dreamdistribution", resuming: bool = Fals
     ``train`` flag is required (a resumed run takes what is not given from its record).
     """
     from dreamdist.config import GenerateConfig, TrainConfig
+    from dreamdist.outputs import add_overwrite_flag
 
     parser = argparse.ArgumentParser(
         prog="dreamdist",
@@ -242,6 +309,7 @@ def build_parser(method: str | None = "dreamdistribution", resuming: bool = Fals
         "Without --model, the built-in toy model is used.",
     )
     add_dataclass_args(train, TrainConfig, optional=resuming)
+    add_overwrite_flag(train)
     if method is not None:
         from dreamdist.methods import get_method
 
@@ -250,8 +318,14 @@ def build_parser(method: str | None = "dreamdistribution", resuming: bool = Fals
 
     gen = sub.add_parser("generate", help="generate images from run folder(s) or a plain prompt")
     gen.add_argument("artifacts", nargs="*", help="run folder(s) or artifact file(s)")
-    gen.add_argument("--mix", nargs="+", metavar="PATH:WEIGHT", help="compose artifacts, weights summing to 1")
+    gen.add_argument(
+        "--mix",
+        nargs="+",
+        metavar="PATH:WEIGHT",
+        help="compose artifacts by weight (weights are normalised to sum to 1)",
+    )
     add_dataclass_args(gen, GenerateConfig, skip=("artifacts", "weights"))
+    add_overwrite_flag(gen)
     gen.set_defaults(func=cmd_generate)
 
     interp = sub.add_parser("interpret", help="nearest vocabulary words of the learned prompt tokens")
@@ -272,6 +346,8 @@ def build_parser(method: str | None = "dreamdistribution", resuming: bool = Fals
 
     for register in _extensions():
         register(sub)
+    if "eval" in sub.choices:  # the evaluation package registers eval; the output policy's flag is added here
+        add_overwrite_flag(sub.choices["eval"])
     return parser
 
 
@@ -354,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # unknown --method
         print(f"dreamdist: error: {exc}", file=sys.stderr)
         return 2
+    if not argv:  # as pip does: the commands, not an error
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     _quiet_libraries(args.verbose)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from dreamdist.prompts import PROMPT_SETS
+
 SAMPLERS = ("gaussian", "mixture")  # DreamDistribution samplers (docs/sampling.md)
 PRECISIONS = ("no", "fp16", "bf16")
 DTYPES = ("fp32", "fp16", "bf16")
@@ -119,6 +121,15 @@ class TrainConfig:
             raise ValueError("--batch-size and --gradient-accumulation must be >= 1")
         if self.steps is not None and self.steps < 1:
             raise ValueError("--steps must be >= 1")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise ValueError(
+                f"--resolution must be a positive multiple of 8 pixels (the VAE works in 8-pixel cells); "
+                f"got {self.resolution}"
+            )
+        if self.learning_rate is not None and not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"--learning-rate must be a number > 0; got {self.learning_rate}")
+        if self.max_nonfinite < 1:
+            raise ValueError(f"--max-nonfinite must be >= 1; got {self.max_nonfinite}")
         if self.mixed_precision is not None and self.mixed_precision not in PRECISIONS:
             raise ValueError(f"--mixed-precision must be no, fp16 or bf16; got {self.mixed_precision!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -136,8 +147,8 @@ class TrainConfig:
             raise ValueError(f"--max-timestep is a fraction of the noise schedule in (0, 1]; got {self.max_timestep}")
         if self.lr_warmup_steps < 0:
             raise ValueError("--lr-warmup-steps must be >= 0")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError("--max-grad-norm must be > 0")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"--max-grad-norm must be > 0; got {self.max_grad_norm}")
         if self.resume_from is not None:
             self.resume = True
         if self.keep_checkpoints < 1:
@@ -150,11 +161,15 @@ class TrainConfig:
 class GenerateConfig:
     """Sampling from one artifact, a weighted mix of DreamDistribution artifacts, or a plain prompt."""
 
-    out: str = field(metadata=help_("output folder for PNGs, grid.png and manifest.jsonl"))
+    out: str = field(
+        metadata=help_(
+            "output folder for PNGs, grid.png, manifest.jsonl and request.json (a rerun of the same request continues)"
+        )
+    )
     artifacts: list[str] = field(default_factory=list, metadata=help_("run folder(s) or artifact file(s)"))
     weights: list[float] | None = field(default=None, metadata=help_("mixing weights (sum to 1), one per artifact"))
     model: str | None = field(default=None, metadata=help_("backbone (default: the one recorded in the artifact)"))
-    num_images: int = field(default=8, metadata=help_("images to generate"))
+    num_images: int = field(default=8, metadata=help_("images to generate (with --prompt-set: images per prompt)"))
     prefix: str | None = field(default=None, metadata=help_("text before the learned tokens (default: as trained)"))
     suffix: str | None = field(
         default=None, metadata=help_("text after the learned tokens, e.g. 'at night' (default: as trained)")
@@ -165,7 +180,11 @@ class GenerateConfig:
     )
     prompt_set: str | None = field(
         default=None,
-        metadata=help_("built-in prompt list, e.g. 'dreambooth': --num-images images per prompt ({} = the concept)"),
+        metadata=help_(
+            "built-in prompt list: "
+            + ", ".join(f"{name} ({len(p)} prompts)" for name, p in PROMPT_SETS.items())
+            + "; --num-images images PER PROMPT, e.g. 32 prompts x --num-images 4 = 128 images ({} = the concept)"
+        ),
     )
     class_name: str | None = field(
         default=None,
@@ -180,7 +199,11 @@ class GenerateConfig:
         ),
     )
     gamma: float = field(
-        default=1.0, metadata=help_("diversity: scale of the std (0 = the mean prompt, or the K prompts themselves)")
+        default=1.0,
+        metadata=help_(
+            "diversity: scale of the noise added to the learned prompts (DreamDistribution; at 0, --sampler gaussian "
+            "gives the mean prompt for every image, --sampler mixture the K learned prompts themselves)"
+        ),
     )
     mix_rule: str = field(
         default="paper",
@@ -245,8 +268,23 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.num_images < 1 or self.batch_size < 1:
             raise ValueError("--num-images and --batch-size must be >= 1")
-        if self.gamma < 0:
-            raise ValueError(f"--gamma must be >= 0 (0 = the mean prompt); got {self.gamma}")
+        if not 0 <= self.gamma < math.inf:
+            raise ValueError(
+                f"--gamma must be a number >= 0; got {self.gamma}. It scales the noise added to the learned prompts: "
+                "at 0 --sampler gaussian gives the mean prompt, --sampler mixture the K learned prompts themselves"
+            )
+        if self.guidance_scale is not None and not 0 <= self.guidance_scale < math.inf:
+            raise ValueError(f"--guidance-scale must be a number >= 0 (1 = no guidance); got {self.guidance_scale}")
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
+            raise ValueError(f"--num-inference-steps must be >= 1; got {self.num_inference_steps}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value < 8 or value % 8):
+                raise ValueError(
+                    f"--{name} must be a positive multiple of 8 pixels (diffusers requires it); got {value}"
+                )
+        if self.controlnet_scale is not None and not 0 <= self.controlnet_scale < math.inf:
+            raise ValueError(f"--controlnet-scale must be a number >= 0; got {self.controlnet_scale}")
         if self.weights is not None and len(self.weights) != len(self.artifacts):
             raise ValueError(f"{len(self.weights)} weights for {len(self.artifacts)} artifacts; give one per artifact")
         if self.weights is not None and (

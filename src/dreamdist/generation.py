@@ -6,8 +6,10 @@ initial latents from it. So image ``i`` is the same whatever the batch size, the
 or the device (up to the last float bit of batched kernels).
 
 ``generate`` writes each PNG (tmp file + rename) and then its manifest row as soon as the image is
-made, holds no image after that, and a rerun of the same command skips the images already written;
-a different request in the same folder replaces what the previous one wrote.
+made, holds no image after that, and a rerun of the same command skips the images already written.
+A folder holding another request's images (other settings, or more images than asked) is refused
+unless ``overwrite`` (``--overwrite``) is given, which removes what the earlier generate wrote
+(``dreamdist.outputs``: one policy for every command).
 
 ``--pipeline img2img | inpaint | controlnet`` hands the same prompt features to the family's
 image-conditioned diffusers pipeline (``dreamdist.pipeline.PIPELINES``); its input files are read
@@ -33,6 +35,7 @@ from dreamdist.atomic import atomic_write_bytes, atomic_write_json, atomic_write
 from dreamdist.backbone import Backbone
 from dreamdist.config import GenerateConfig
 from dreamdist.methods import PromptSampler, get_method, prepare_backbone, sampler_for
+from dreamdist.outputs import GENERATE, check_output, read_record
 from dreamdist.pipeline import (
     SCHEDULERS,
     ImageInputs,
@@ -192,22 +195,47 @@ def _private_backbone(backbone: Backbone, artifacts: list[Artifact]) -> Backbone
     return backbone
 
 
-def _request(config: GenerateConfig, backbone: Backbone, artifacts: list[Artifact]) -> dict:
-    """What decides the images: same request -> same files (batch size and image count aside)."""
+def _request(config: GenerateConfig, backbone: Backbone | None, artifacts: list[Artifact]) -> dict:
+    """What decides the images: same request -> same files (batch size and image count aside).
+
+    ``backbone=None``: the part known before the model loads (no model, device, dtype).
+    """
     options = dataclasses.asdict(config)
     for key in ("out", "artifacts", "num_images", "batch_size", "progress", "allow_pickle"):
         options.pop(key)
-    request = {
-        "model": backbone.model_id,
-        "device": str(backbone.device),
-        "dtype": str(backbone.dtype),
-        "artifacts": [a.sha256() for a in artifacts],
-        "options": options,
-    }
+    request = {}
+    if backbone is not None:
+        request.update(model=backbone.model_id, device=str(backbone.device), dtype=str(backbone.dtype))
+    request.update(artifacts=[a.sha256() for a in artifacts], options=options)
     files = _input_files(config)
     if files:  # text2img requests stay as they were
         request["input_files"] = files
     return request
+
+
+def _differences(previous: dict, request: dict) -> list[str]:
+    """What differs between an earlier request and (the keys of) this one, as flags where they are flags."""
+    before = previous.get("options", {})
+    changed = [f"--{k.replace('_', '-')}" for k, v in request.get("options", {}).items() if before.get(k) != v]
+    return changed + [k for k in request if k != "options" and previous.get(k) != request[k]]
+
+
+def claim_output(out: Path, request: dict, num_images: int, overwrite: bool) -> str:
+    """The output policy (``dreamdist.outputs``) for this request: resume the same request's images,
+    refuse another's (unless ``overwrite``, which removes them). A partial request (``_request``
+    without backbone) compares only its keys, so a refusal comes before the model loads."""
+    previous = read_record(out / REQUEST)
+    reason, resumable = "", False
+    if previous is not None:
+        changed = _differences(previous.get("request", {}), request)
+        resumable = not changed and previous.get("num_images", 0) <= num_images
+        if changed:
+            reason = "made with other settings: " + ", ".join(changed)
+        elif not resumable:
+            reason = (
+                f"an earlier request for {previous.get('num_images')} images; --num-images {num_images} asks for fewer"
+            )
+    return check_output(out, GENERATE, overwrite, resumable, reason=reason)
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -236,11 +264,12 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def _resume(out: Path, request: dict, num_images: int) -> dict[int, dict]:
-    """Rows of images already written for this request (file present); clears another request's files."""
-    request_file, manifest = out / REQUEST, out / MANIFEST
-    previous = json.loads(request_file.read_text()) if request_file.is_file() else None
+    """Rows of images already written for this request (file present). Anything else here is a
+    leftover without images (``claim_output`` refused or removed another request's images): cleared."""
+    manifest = out / MANIFEST
+    previous = read_record(out / REQUEST)
     rows = read_rows(manifest)
-    if previous is None or previous["request"] != request or previous["num_images"] > num_images:
+    if not previous or previous.get("request") != request or previous.get("num_images", 0) > num_images:
         for row in rows:  # only what an earlier generate wrote here (named in its manifest)
             (out / row["file"]).unlink(missing_ok=True)
         (out / "grid.png").unlink(missing_ok=True)
@@ -251,15 +280,18 @@ def _resume(out: Path, request: dict, num_images: int) -> dict[int, dict]:
     return done
 
 
-def generate(config: GenerateConfig, backbone: Backbone | None = None) -> GenerationResult:
+def generate(config: GenerateConfig, backbone: Backbone | None = None, overwrite: bool = False) -> GenerationResult:
     """Load artifacts and backbone; stream PNGs and ``manifest.jsonl`` rows; then write ``grid.png``.
 
     A ``backbone`` passed in is never changed: methods that load weights or tokens get a copy.
+    ``overwrite``: replace another request's images in ``config.out`` (otherwise refused).
     """
     artifacts = [load_artifact(path, config.allow_pickle) for path in config.artifacts]
     inputs = image_inputs(config)  # bad image files fail before the model loads
     if config.controlnet:
         controlnet_config(config.controlnet)  # so does a folder that holds no ControlNet
+    out = Path(config.out)
+    claim_output(out, _request(config, None, artifacts), config.num_images, overwrite)  # so does a taken --out
     if backbone is None:
         model = config.model or (artifacts[0].meta["backbone"]["model_id"] if artifacts else None)
         if model is None:
@@ -269,9 +301,9 @@ def generate(config: GenerateConfig, backbone: Backbone | None = None) -> Genera
         backbone = _private_backbone(backbone, artifacts)
     for artifact in artifacts:
         backbone.check_compatible(artifact.meta["backbone"], artifact.tensors.get("backbone.probe"), str(artifact.path))
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     request = _request(config, backbone, artifacts)
+    claim_output(out, request, config.num_images, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
     done = _resume(out, request, config.num_images)
     reused = len(done)
     atomic_write_json(out / REQUEST, {"request": request, "num_images": config.num_images})

@@ -18,6 +18,7 @@ def register(subparsers) -> None:
     from dreamdist.classify.config import ClassifyConfig
     from dreamdist.classify.models import ARCHS
     from dreamdist.cli import add_dataclass_args
+    from dreamdist.outputs import add_overwrite_flag
 
     parser = subparsers.add_parser(
         "classify",
@@ -33,6 +34,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     add_dataclass_args(parser, ClassifyConfig)
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run_classify_command)
 
 
@@ -65,7 +67,7 @@ def run_classify_command(args: argparse.Namespace) -> int:
 
     try:
         config = from_args(ClassifyConfig, args)
-        result = classify(args.train, args.test, config, out=args.out)
+        result = classify(args.train, args.test, config, out=args.out, overwrite=args.overwrite)
     except USER_ERRORS as exc:
         return _fail(exc)
     skipped = result.train_skipped + result.evaluation.skipped

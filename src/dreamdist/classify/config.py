@@ -57,7 +57,7 @@ class ClassifyConfig:
             raise ValueError(f"unknown --optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
         for name, value in positive.items():
-            if value <= 0:
+            if not value > 0:  # NaN too
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0; got {value}")
         if self.image_size < 32:
             raise ValueError(f"--image-size must be >= 32 (the networks downsample 16-32x); got {self.image_size}")

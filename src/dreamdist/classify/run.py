@@ -32,6 +32,7 @@ from dreamdist.classify.train import (
     torch_threads,
     train_classifier,
 )
+from dreamdist.outputs import CLASSIFY, check_output
 
 
 @dataclass
@@ -77,14 +78,21 @@ class ClassifyResult:
 
 
 def classify(
-    train: str | Path, test: str | Path, config: ClassifyConfig | None = None, out: str | Path | None = None
+    train: str | Path,
+    test: str | Path,
+    config: ClassifyConfig | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> ClassifyResult:
     """Train ``config.arch`` on the ImageFolder ``train`` and report its accuracy on ``test``.
 
     Both folders are checked (classes, usable images) before any training starts. With ``out``,
-    writes ``classifier.safetensors``, ``report.json`` and ``confusion.png`` there.
+    writes ``classifier.safetensors``, ``report.json`` and ``confusion.png`` there; an earlier
+    classifier there is refused before training unless ``overwrite`` (``dreamdist.outputs``).
     """
     config = config or ClassifyConfig()
+    if out is not None:
+        check_output(out, CLASSIFY, overwrite)
     resolve_device(config.device)  # an unavailable device fails before any image is read
     start = time.perf_counter()
     with torch_threads(config.threads):

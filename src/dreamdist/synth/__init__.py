@@ -28,14 +28,17 @@ class SynthResult:
     manifest: Path | None = None
 
 
-def synth(config: SynthConfig) -> SynthResult:
-    """Generate (or continue) the dataset of ``config``; the last process to finish writes the dataset."""
+def synth(config: SynthConfig, overwrite: bool = False) -> SynthResult:
+    """Generate (or continue) the dataset of ``config``; the last process to finish writes the dataset.
+
+    ``overwrite``: replace a dataset of other settings in ``config.out`` (otherwise refused).
+    """
     from dreamdist.synth.engines import run_local, run_ray
     from dreamdist.synth.plan import build_plan
     from dreamdist.synth.store import MANIFEST, SynthFolder
 
     plan = build_plan(config)
-    folder = SynthFolder(config, plan)
+    folder = SynthFolder(config, plan, overwrite)
     classes = [c.folder for c in plan.classes]
     if folder.open():
         return SynthResult(folder.out, 0, True, classes, config.keep, folder.out / MANIFEST)

@@ -8,6 +8,7 @@ import argparse
 def register(subparsers) -> None:
     """Add ``synth`` to the main CLI's sub-parsers."""
     from dreamdist.cli import add_dataclass_args
+    from dreamdist.outputs import add_overwrite_flag
     from dreamdist.synth.config import SynthConfig
 
     parser = subparsers.add_parser(
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
         help="one single-class run per class, e.g. --run goldfish=runs/goldfish --run tench=runs/tench",
     )
     add_dataclass_args(parser, SynthConfig, skip=("artifact", "run"))
+    add_overwrite_flag(parser)
     parser.set_defaults(func=cmd_synth)
 
 
@@ -37,7 +39,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from dreamdist.synth.config import SynthConfig
     from dreamdist.synth.plan import process_rank
 
-    result = synth(from_args(SynthConfig, args))
+    result = synth(from_args(SynthConfig, args), overwrite=args.overwrite)
     rank, world = process_rank()
     who = "" if world == 1 or args.engine == "ray" else f"process {rank}/{world}: "
     print(f"{who}generated {result.generated} images")

@@ -7,7 +7,8 @@ complete file. An image is done when it has a row and its file. When every image
 last process to finish (under a file lock) selects the kept images (a pure function of the rows),
 moves them into ``DIR/<class>/`` (or writes tar shards), writes ``DIR/manifest.jsonl`` (one row per
 generated image) and removes the work folder. ``DIR/synth.json`` holds the request: a rerun with
-other settings is refused instead of mixing two datasets.
+other settings is refused instead of mixing two datasets (``--overwrite`` replaces it), unless the
+earlier request has no image yet (it failed before its first one): then it is simply replaced.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from dreamdist.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir
 from dreamdist.generation import read_rows
+from dreamdist.outputs import NEW, SYNTH, check_output, read_record, remove_owned
 from dreamdist.synth.config import PASS_THROUGH, SynthConfig
 from dreamdist.synth.plan import Plan
 
@@ -94,8 +96,8 @@ class RowWriter:
 class SynthFolder:
     """The output folder of one synth request (see the module docstring)."""
 
-    def __init__(self, config: SynthConfig, plan: Plan):
-        self.config, self.plan = config, plan
+    def __init__(self, config: SynthConfig, plan: Plan, overwrite: bool = False):
+        self.config, self.plan, self.overwrite = config, plan, overwrite
         self.out = Path(config.out)
         self.work = self.out / WORK
         self.request = request_of(config, plan)
@@ -108,18 +110,22 @@ class SynthFolder:
             return self._open()
 
     def _open(self) -> bool:
+        """The output policy (``dreamdist.outputs``): the same request continues; another request's
+        dataset is refused unless ``--overwrite``; one without a single image yet (a run that failed
+        before its first image) is replaced, so a corrected command is never blocked by its failed try."""
         path = self.out / REQUEST
-        if path.is_file():
-            previous = json.loads(path.read_text())
-            if previous != self.request:
-                changed = sorted(k for k in {*previous, *self.request} if previous.get(k) != self.request.get(k))
-                raise ValueError(
-                    f"{self.out} holds a synth dataset made with other settings (different: {', '.join(changed)}); "
-                    "rerun with the original settings to continue it, or choose another --out"
-                )
-        elif any(p.name not in (WORK, TRASH) for p in self.out.iterdir()):
-            raise ValueError(f"{self.out} is not empty and holds no {REQUEST}; choose an empty or new --out")
-        else:
+        previous = read_record(path)
+        classes = previous.get("classes", []) if previous else []
+        spec = SYNTH.owning(*(c["folder"] for c in classes if isinstance(c, dict) and c.get("folder")))
+        same, changed = previous == self.request, []
+        if previous is not None and not same:
+            changed = sorted(k for k in {*previous, *self.request} if previous.get(k) != self.request.get(k))
+        reason = f"made with other settings (different: {', '.join(changed)})" if changed else ""
+        hint = "rerun with the original settings to continue it, or " if changed else ""
+        verdict = check_output(self.out, spec, self.overwrite, same, hint, reason)
+        if not same:
+            if verdict == NEW:
+                remove_owned(self.out, spec)  # another request's leftovers without an image
             self.work.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, self.request, sort_keys=True)
         shutil.rmtree(self.out / TRASH, ignore_errors=True)

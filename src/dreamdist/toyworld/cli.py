@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from dreamdist import outputs
 from dreamdist.toyworld.concepts import CONCEPTS
 
 
@@ -22,18 +23,28 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="built-in concept (default: cool-patterned)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds references, training and sampling")
+    outputs.add_overwrite_flag(parser)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from dreamdist.toyworld.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, concept=args.concept, seed=args.seed)
+    run_demo(args.out, quick=args.quick, concept=args.concept, seed=args.seed, overwrite=args.overwrite)
     return 0
 
 
+TOY_REFS = outputs.TOY_REFS.owning(*(f"{name}_[0-9][0-9][0-9]*.png" for name in CONCEPTS))  # render_concept's names
+
+
 def cmd_toy_refs(args: argparse.Namespace) -> int:
+    from dreamdist.data import MIN_SIDE
     from dreamdist.toyworld.concepts import get_concept, render_concept
 
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1 image; got {args.n}")
+    if args.size < MIN_SIDE:  # train skips smaller reference images
+        raise ValueError(f"--size must be >= {MIN_SIDE} pixels (training skips smaller references); got {args.size}")
+    outputs.check_output(args.out, TOY_REFS, args.overwrite)
     refs = render_concept(args.concept, args.out, n=args.n, seed=args.seed, size=args.size)
     concept = get_concept(args.concept)
     print(f"wrote {len(refs.paths)} images of '{concept.name}' ({concept.description}) to {refs.folder}")
@@ -64,4 +75,5 @@ def register(subparsers) -> None:
     refs.add_argument("--n", type=int, default=12, help="number of images (default: 12)")
     refs.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     refs.add_argument("--size", type=int, default=64, help="saved side in pixels, >= 64 (default: 64)")
+    outputs.add_overwrite_flag(refs)
     refs.set_defaults(func=cmd_toy_refs)
