@@ -363,3 +363,29 @@ def test_per_rater_limit_and_even_coverage(tmp_path):
     counts = [n for (n,) in conn.execute("SELECT COUNT(*) FROM votes GROUP BY pair_id")]
     conn.close()
     assert counts == [2, 2, 2, 2]  # the next pair is the least voted one: 8 votes spread over 4 pairs
+
+
+def test_counts_in_messages_are_singular_for_one(tmp_path, capsys):
+    """'1 rater', '2 raters': the create, serve and report lines with one of each."""
+    from dreamdist.study.report import build_report, format_text
+    from dreamdist.study.words import counted
+
+    assert [counted(n, "rater") for n in (0, 1, 2)] == ["0 raters", "1 rater", "2 raters"]
+    assert counted(1, "reference image") == "1 reference image" and counted(3, "box", "boxes") == "3 boxes"
+    red = color_folder(tmp_path / "red", RED, 1)
+    blue = color_folder(tmp_path / "blue", BLUE, 1)
+    refs = color_folder(tmp_path / "refs", (30, 200, 30), 1)
+    path = tmp_path / "one.sqlite"
+    flags = ["--set", f"a={red}", f"b={blue}", "--refs", str(refs), "--pairs", "1", "--invites", "1"]
+    assert main(["study", "create", str(path), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "1 pair over 2 sets (a: 1, b: 1), 1 reference image;" in out, out
+    assert "1 one-time rater link (it works in one browser; only its rater may vote)." in out, out
+    conn = store.open_study(path)
+    rater = store.new_token()
+    shown = store.next_pair(conn, rater)
+    store.record_vote(conn, rater, shown[0], "left", shown=shown[0])
+    conn.close()
+    text = format_text(build_report(path, rounds=10))
+    assert "1 vote by 1 rater on 1 pair" in text, text
+    assert re.search(r"\b1 (vote|rater|pair)s\b", text) is None, text

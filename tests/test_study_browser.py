@@ -255,3 +255,91 @@ def test_an_invite_link_works_in_the_first_browser_only(tmp_path):
     finally:
         srv.stop()
     assert (saved_votes(study), saved_raters(study)) == (1, 1)
+
+
+LAYOUT = """() => {
+  const box = (el) => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const image = (el) => ({ box: box(el), scale: el.getBoundingClientRect().width / el.naturalWidth,
+    scaleY: el.getBoundingClientRect().height / el.naturalHeight, rendering: getComputedStyle(el).imageRendering });
+  return {
+    width: innerWidth, height: innerHeight, scrollWidth: document.documentElement.scrollWidth,
+    pair: ["left", "right"].map((id) => image(document.getElementById(id))),
+    refs: [...document.querySelectorAll("#refs img")].map(image),
+    controls: [...document.querySelectorAll("button[data-choice], .hint")].map(box),
+  };
+}"""
+
+
+def gradient_folder(folder: Path, size: tuple[int, int], n: int, seed: int) -> Path:
+    """``n`` smooth photo-like images of ``size`` (width, height)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0 : size[1], 0 : size[0]] / max(size)  # (H, W) each
+    for i in range(n):
+        a, b, c = rng.uniform(0.5, 4, 3)
+        pixels = np.stack([np.sin(a * x + b * y), np.cos(b * x - c * y), np.sin(c * (x + y))], axis=-1)  # (H, W, 3)
+        Image.fromarray(((pixels + 1) * 127.5).astype(np.uint8)).save(folder / f"photo{i}.png")
+    return folder
+
+
+def check_layout(page, tiny: bool) -> dict:
+    """The voting page as laid out now: everything in the window, nothing wider, images sized as promised."""
+    got = page.evaluate(LAYOUT)
+    width, height = got["width"], got["height"]
+    assert got["scrollWidth"] <= width, got  # no horizontal overflow
+    images = got["pair"] + got["refs"]
+    for left, top, right, bottom in got["controls"] + [im["box"] for im in images]:  # buttons, hint, images
+        assert left >= 0 and top >= 0 and right <= width + 0.5 and bottom <= height + 0.5, (width, height, got)
+    for im in images:
+        assert im["scale"] == pytest.approx(im["scaleY"], abs=0.02), im  # shape kept
+        if tiny:  # nearest neighbour at a whole multiple of the natural size
+            assert im["rendering"] == "pixelated" and im["scale"] >= 1, im
+            assert im["scale"] == pytest.approx(round(im["scale"]), abs=1e-6), im
+        else:
+            assert im["rendering"] == "auto" and im["scale"] <= 1 + 1e-6, im  # photos: smooth, never blown up
+    pair = got["pair"][0]["scale"]
+    assert got["pair"][1]["scale"] == pair
+    if tiny:  # references and pair at a consistent scale
+        assert all(pair <= 2 * ref["scale"] + 1e-6 for ref in got["refs"]), got
+    return got
+
+
+@pytest.mark.parametrize("kind", ["toy", "photo"])
+def test_the_voting_page_fits_desktop_and_phone_windows(tmp_path, kind):
+    """At 1280x900 and 390x844 the references, both images, the buttons and the key hint are in the
+    window; tiny images are magnified sharply by a whole number and no more than twice the references."""
+    from dreamdist.study.create import ImageSource, create_study
+    from dreamdist.study.server import make_server
+
+    if kind == "toy":  # the toy model's 32 px samples against the 64 px references `dreamdist toyworld` writes
+        from dreamdist.toyworld.concepts import render_concept
+
+        render_concept("cool-patterned", tmp_path / "refs", n=12, seed=0)
+        render_concept("cool-patterned", tmp_path / "a", n=3, seed=1, size=32)
+        render_concept("striped", tmp_path / "b", n=3, seed=2, size=32)
+    else:
+        gradient_folder(tmp_path / "refs", (384, 288), 4, seed=0)
+        gradient_folder(tmp_path / "a", (768, 576), 2, seed=1)
+        gradient_folder(tmp_path / "b", (768, 576), 2, seed=2)
+    study = tmp_path / "study.sqlite"
+    create_study(study, [ImageSource("a", tmp_path / "a"), ImageSource("b", tmp_path / "b")], refs=tmp_path / "refs")
+    srv = make_server(study, port=0).start()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            scales = {}
+            for width, height in ((1280, 900), (390, 844)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.goto(srv.url)
+                sync_api.expect(page.get_by_role("button", name="Left")).to_be_enabled()
+                scales[width] = check_layout(page, kind == "toy")["pair"][0]["scale"]
+                if width == 1280:  # a window made narrow re-lays the page out
+                    page.set_viewport_size({"width": 390, "height": 844})
+                    page.wait_for_function("document.getElementById('left').getBoundingClientRect().right <= 390")
+                    check_layout(page, kind == "toy")
+                page.close()
+            browser.close()
+    finally:
+        srv.stop()
+    if kind == "toy":  # large enough to judge: at least 6x on the desktop (192 px) and 2x on the phone
+        assert scales[1280] >= 6 and scales[390] >= 2, scales

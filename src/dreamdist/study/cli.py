@@ -74,6 +74,7 @@ def register(subparsers) -> None:
 
 def cmd_create(args: argparse.Namespace) -> int:
     from dreamdist.study.create import DEFAULT_QUESTION, create_study, parse_set
+    from dreamdist.study.words import counted
 
     sets = [parse_set(spec) for spec in args.sets]
     summary = create_study(
@@ -89,10 +90,17 @@ def cmd_create(args: argparse.Namespace) -> int:
     )
     images = ", ".join(f"{name}: {n}" for name, n in summary["sets"].items())
     width, height = summary["size"]
-    print(f"wrote {args.study}: {summary['pairs']} pairs over {len(summary['sets'])} sets ({images}), "
-          f"{summary['refs']} reference images; images served at {width}x{height}")  # fmt: skip
+    pairs, sets, refs = counted(summary["pairs"], "pair"), counted(len(summary["sets"]), "set"), summary["refs"]
+    print(f"wrote {args.study}: {pairs} over {sets} ({images}), {counted(refs, 'reference image')}; "
+          f"images served at {width}x{height}")  # fmt: skip
     if summary["invites"]:
-        print(f"{len(summary['invites'])} one-time rater links (each works in one browser; only they may vote).")
+        n = len(summary["invites"])
+        ways = (
+            "it works in one browser; only its rater may vote"
+            if n == 1
+            else "each works in one browser; only they may vote"
+        )
+        print(f"{counted(n, 'one-time rater link')} ({ways}).")
         print("Replace http://127.0.0.1:8765/ with the address 'study serve' prints:")
         for token in summary["invites"]:
             print(f"  http://127.0.0.1:8765/?invite={token}")
@@ -102,12 +110,16 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from dreamdist.study.server import make_server
+    from dreamdist.study.words import counted
 
     server = make_server(args.study, args.host, args.port, args.allow_host)
     study = server.study
-    print(f"serving {args.study} ({study.n_pairs} pairs, {study.n_sets} sets) on {server.url}", flush=True)
+    pairs, sets = counted(study.n_pairs, "pair"), counted(study.n_sets, "set")
+    print(f"serving {args.study} ({pairs}, {sets}) on {server.url}", flush=True)
     if study.invites:
-        print(f"invite-only: {study.invites} one-time links; open them as {server.url}?invite=TOKEN", flush=True)
+        links = counted(study.invites, "one-time link")
+        print(f"invite-only: {links}; open {'them' if study.invites != 1 else 'it'} as {server.url}?invite=TOKEN",
+              flush=True)  # fmt: skip
     elif args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: serving on {args.host}: anyone who can reach it can vote (create with --invites to limit)",
               file=sys.stderr)  # fmt: skip

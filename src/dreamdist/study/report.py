@@ -14,6 +14,7 @@ import numpy as np
 
 from dreamdist.atomic import atomic_path, atomic_write_bytes
 from dreamdist.study import stats, store
+from dreamdist.study.words import counted
 
 SCORE_OF = {"left": 1.0, "right": 0.0, "tie": 0.5}  # score of the left image's set
 
@@ -91,9 +92,10 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 def format_text(report: dict) -> str:
     """The report as a plain-text table (also the body of report.md)."""
     level = round(100 * report["bootstrap"]["level"])
+    votes, raters, pairs = counted(report["votes"], "vote"), counted(report["raters"], "rater"), report["pairs"]
     lines = [
         f"question: {report['question']}",
-        f"{report['votes']} votes by {report['raters']} raters on {report['pairs']} pairs",
+        f"{votes} by {raters} on {counted(pairs, 'pair')}",
         "",
         f"{'set':<20} {'votes':>6} {'wins':>5} {'ties':>5} {'win rate':>9} {f'{level}% CI':>13} {'BT score':>9}",
     ]
@@ -116,9 +118,9 @@ def format_text(report: dict) -> str:
     agree = report["agreement"]
     lines.append("")
     if agree["pairs"]:
-        kappa = _fmt(agree["kappa"])
+        kappa, rater_pairs = _fmt(agree["kappa"]), counted(agree["rater_pairs"], "rater pair")
         lines.append(
-            f"agreement: {agree['pairs']} pairs judged by 2+ raters, {agree['rater_pairs']} rater pairs, "
+            f"agreement: {counted(agree['pairs'], 'pair')} judged by 2+ raters, {rater_pairs}, "
             f"{100 * agree['percent']:.0f}% gave the same answer (Fleiss' kappa {kappa})"
         )
     else:
@@ -147,7 +149,7 @@ def plot_report(report: dict, path: Path) -> None:
     ax1.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     ax1.set_xlim(0, 1)
     ax1.set_xlabel(f"win rate (ties half), {round(100 * report['bootstrap']['level'])}% bootstrap interval")
-    ax1.set_title(f"{report['votes']} votes, {report['raters']} raters")
+    ax1.set_title(f"{counted(report['votes'], 'vote')}, {counted(report['raters'], 'rater')}")
     grid = np.full((len(names), len(names)), np.nan)
     for i, row in enumerate(names):
         for j, col in enumerate(names):
