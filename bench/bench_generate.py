@@ -5,6 +5,7 @@ dreamdist additionally refits the prompt distribution and draws one prompt per i
 images/s of each and the overhead ratio.
 
     python bench/bench_generate.py [--images 16] [--steps 10] [--batch 4]
+    python bench/bench_generate.py --quick      # tiny components, 2 images, 2 steps: a smoke run
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16, help="images per variant")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps")
     parser.add_argument("--batch", type=int, default=4, help="images per pipeline call")
+    parser.add_argument("--quick", action="store_true", help="tiny components, 2 images, 2 steps, 1 thread (smoke run)")
     args = parser.parse_args()
+    sizes = dict(hidden_size=256, text_layers=6, unet_channels=(32, 64))  # "small" components
+    if args.quick:
+        args.images, args.steps, args.batch, sizes = 2, 2, 2, {}
+        torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = save_tiny_pipeline(tmp, hidden_size=256, text_layers=6, unet_channels=(32, 64))
+        model = save_tiny_pipeline(tmp, **sizes)
         refs = write_images(tmp / "refs", 4)
         run = train(
             TrainConfig(images=str(refs), model=str(model), out=str(tmp / "run"), steps=1, progress=False),
@@ -75,7 +81,8 @@ def main() -> None:
             fn()
             timings[name] = time.perf_counter() - start
     device = backbone.device.type
-    print(f"{args.images} images, {args.steps} steps, batch {args.batch}, small components, {device}")
+    scale = "tiny" if args.quick else "small"
+    print(f"{args.images} images, {args.steps} steps, batch {args.batch}, {scale} components, {device}")
     for name, seconds in timings.items():
         print(f"{name:16s}{args.images / seconds:8.2f} img/s")
     print(f"overhead ratio (dreamdist / plain) x{timings['dreamdist'] / timings['plain diffusers']:.3f}")

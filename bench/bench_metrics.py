@@ -5,6 +5,7 @@ script prints the time ratio and the largest difference between the two sets of 
 
     python bench/bench_metrics.py                 # 4000 x 4000, d = 768: about a minute on 2 cores
     python bench/bench_metrics.py --n 10000       # the 10k x 10k case (prdc needs ~3 GB of RAM)
+    python bench/bench_metrics.py --quick         # 300 x 300, d = 32: a smoke run
 
 Ours runs with ``boundary="exclusive"`` (prdc's open balls) so that the numbers must agree; the
 default inclusive boundary costs the same.
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="BLAS / torch threads for both implementations")
     parser.add_argument("--repeats", type=int, default=1, help="runs per implementation (best time is kept)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="our distance block rows")
+    parser.add_argument("--quick", action="store_true", help="300 x 300 features, d = 32, chunks of 128 (smoke run)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.d, args.chunk_size = 300, 32, 128
 
     torch.set_num_threads(args.threads)
     real, fake = features(args.n, args.d, seed=0)

@@ -7,6 +7,7 @@ and the rate is taken from the difference, so loading the models (done once by b
 CLIP scoring is timed apart (``--filter clip`` minus ``--filter none``).
 
     python bench/bench_synth.py [--images 16] [--steps 10] [--batch 8]
+    python bench/bench_synth.py --quick         # tiny components, 2/6 images, 2 steps, once: a smoke run
 """
 
 from __future__ import annotations
@@ -54,11 +55,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="denoising steps")
     parser.add_argument("--batch", type=int, default=8, help="images per pipeline call")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per variant (median)")
+    parser.add_argument("--quick", action="store_true", help="tiny components, 2/6 images, 2 steps, 1 repeat, 1 thread")
     args = parser.parse_args()
+    sizes = dict(hidden_size=256, text_layers=6, unet_channels=(32, 64))  # "small" components
+    if args.quick:  # a smoke run: the rates are noise
+        args.images, args.steps, args.batch, args.repeats, sizes = 2, 2, 2, 1, {}
+        torch.set_num_threads(1)
     device = pick_device()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = save_tiny_pipeline(tmp, hidden_size=256, text_layers=6, unet_channels=(32, 64))
+        model = save_tiny_pipeline(tmp, **sizes)
         clip = save_tiny_clip(tmp / "clip")
         for name in ("cat", "dog"):
             write_images(tmp / "refs" / name, 2)
@@ -117,7 +123,8 @@ def main() -> None:
         plain, ours, scored = measured["plain"], measured["synth"], measured["clip"]
     clip_ms = 1000 * (1 / scored - 1 / ours)
     print(
-        f"{args.images}/{3 * args.images} images, {args.steps} steps, batch {args.batch}, small components, {device}, "
+        f"{args.images}/{3 * args.images} images, {args.steps} steps, batch {args.batch}, "
+        f"{'tiny' if args.quick else 'small'} components, {device}, "
         f"median of {args.repeats}"
     )
     print(f"{'plain diffusers':22s}{plain:8.2f} img/s")

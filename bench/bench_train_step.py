@@ -5,6 +5,7 @@ encodes them once per concept per step and shares them. Both run here on the sam
 seed and batch; the script prints times, peak memory and the ratios.
 
     python bench/bench_train_step.py [--scale tiny|small] [--steps 10] [--batch 4]
+    python bench/bench_train_step.py --quick     # tiny, one step, one process: a smoke run (seconds)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -43,18 +45,22 @@ def build(scale: str, folder: str):
     return Backbone.from_pretrained(path, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def run_variant(variant: str, scale: str, steps: int, batch: int) -> dict:
-    """One process per variant, so peak RSS is that variant's alone."""
+def run_variant(variant: str, scale: str, steps: int, batch: int, warmup: int = 2) -> dict:
+    """Time ``steps`` DreamDistribution steps (after ``warmup``) with one conditioning strategy; run
+    one per process, so peak RSS is that variant's alone."""
+    with tempfile.TemporaryDirectory() as tmp:  # the references are read from it while the steps run
+        return _time_variant(variant, scale, steps, batch, warmup, Path(tmp))
+
+
+def _time_variant(variant: str, scale: str, steps: int, batch: int, warmup: int, tmp: Path) -> dict:
     from dreamdist.data import ReferenceSet
     from dreamdist.methods.dreamdistribution import DreamDistribution, DreamDistributionConfig
     from dreamdist.testing import write_images
     from dreamdist.training.loop import diffusion_loss
 
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        backbone = build(scale, tmp)
-        refs = write_images(__import__("pathlib").Path(tmp) / "refs", batch)
-        data = ReferenceSet.from_folder(refs, backbone.sample_size)
+    backbone = build(scale, str(tmp))
+    data = ReferenceSet.from_folder(write_images(tmp / "refs", batch), backbone.sample_size)
     # the paper's objective (what the public code implements): K=32, M=4, S=4
     method = DreamDistribution(DreamDistributionConfig(objective="gaussian"))
     method.setup(backbone, data, torch.Generator().manual_seed(0))
@@ -72,7 +78,7 @@ def run_variant(variant: str, scale: str, steps: int, batch: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    step_s, peak = time_steps(step, steps)
+    step_s, peak = time_steps(step, steps, warmup)
     return {"variant": variant, "step_s": step_s, "peak_mib": peak}
 
 
@@ -81,13 +87,22 @@ def main() -> None:
     parser.add_argument("--scale", choices=["tiny", "small"], default="small", help="component size")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median reported)")
     parser.add_argument("--batch", type=int, default=4, help="images per step")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny, 1 step, batch 2, 1 thread, both in this process (smoke run)"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:  # peak memory is then the process's, not each variant's
+        args.scale, args.steps, args.batch = "tiny", 1, 2
+        torch.set_num_threads(1)
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.scale, args.steps, args.batch)))
         return
     results = {}
     for variant in ("dreamdist", "reference"):
+        if args.quick:
+            results[variant] = run_variant(variant, args.scale, args.steps, args.batch, warmup=0)
+            continue
         cmd = ["--variant", variant, "--scale", args.scale, "--steps", str(args.steps), "--batch", str(args.batch)]
         results[variant] = run_isolated(__file__, cmd)
     ours, ref = results["dreamdist"], results["reference"]

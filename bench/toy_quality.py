@@ -8,7 +8,9 @@ attribute and of the joint triple. Cells are mean +- std over seeds of the mean 
 
     python bench/toy_quality.py                  # every method, 3 seeds, all concepts (~hours on 2 cores)
     python bench/toy_quality.py --quick          # 2 concepts, 1 seed, short training: a smoke run
+    python bench/toy_quality.py --quick --concepts circles --steps 2 --images 2   # seconds: what the tests run
     python bench/toy_quality.py --ablation       # DreamDistribution objectives x samplers x knobs
+    python bench/toy_quality.py --gamma-sweep --concepts cool-patterned,warm-pointy --seeds 0,1  # the diversity knob
     python bench/toy_quality.py --variants dd,dd-paper --concepts circles,mix-four --seeds 0,1,2
     python bench/toy_quality.py --product "rgp:red,green,purple:circle,cross:*" --variants dd,ti  # your own concept
 
@@ -141,6 +143,29 @@ def ablation_variants() -> dict[str, Variant]:
     return out
 
 
+GAMMAS = (0.0, 0.5, 1.0, 1.5, 2.0)
+
+
+def gamma_sweep_variants(gammas: tuple[float, ...] = GAMMAS) -> dict[str, Variant]:
+    """The diversity knob (docs/sampling.md): gamma for each sampler, on two trained runs per concept.
+
+    ``dd/<sampler>/g<gamma>``: the default (mixture-objective) run sampled with either sampler;
+    ``dd-paper/gaussian/g<gamma>``: the paper's objective and sampler. Runs are trained once per
+    concept and seed; only the sampling changes along a row group.
+    """
+    dd, out = "dreamdistribution", {}
+    for key, options, sampler, label in (
+        ("dd", {}, "mixture", "defaults, mixture sampler"),
+        ("dd", {}, "gaussian", "defaults, gaussian sampler"),
+        ("dd-paper", {"objective": "gaussian"}, "gaussian", "paper objective, gaussian sampler"),
+    ):
+        for gamma in gammas:
+            out[f"{key}/{sampler}/g{gamma:g}"] = Variant(
+                f"{label}, gamma {gamma:g}", dd, options, {"sampler": sampler, "gamma": gamma}
+            )
+    return out
+
+
 def train_run(variant: Variant, refs, folder: Path, args) -> Path:
     """Train (or reuse) the run of a variant on one reference folder."""
     from dreamdist.api import TrainConfig, train
@@ -152,11 +177,14 @@ def train_run(variant: Variant, refs, folder: Path, args) -> Path:
         return run
     config_cls = get_method(variant.method).config
     settings = {"steps": args.steps, **variant.train}
+    options = dict(variant.options)
+    if "stage1_steps" in options:  # two-stage: stage 1 takes at most half of a short run (150 of 300 by default)
+        options["stage1_steps"] = min(options["stage1_steps"], max(1, settings["steps"] // 2))
     config = TrainConfig(
         images=str(refs.folder), model="toy", resolution=32, seed=args.seed_now, checkpoint_every=0, progress=False,
         out=str(run), method=variant.method, resume=run.exists(), **settings,
     )  # fmt: skip
-    return train(config, config_cls(**variant.options))
+    return train(config, config_cls(**options))
 
 
 def score(variant: Variant, concept, refs, folder: Path, args, backbone, oracle) -> dict:
@@ -187,14 +215,17 @@ def score(variant: Variant, concept, refs, folder: Path, args, backbone, oracle)
     return report
 
 
+ATTRS = ("colour", "shape", "background")
 FIELDS = {
     "fidelity": lambda r: r["fidelity"],
     "coverage": lambda r: r["coverage"],
-    "attr TV": lambda r: sum(r["tv"][a] for a in ("colour", "shape", "background")) / 3,
+    "attr TV": lambda r: sum(r["tv"][a] for a in ATTRS) / 3,
     "colour TV": lambda r: r["tv"]["colour"],
     "joint TV": lambda r: r["tv"]["joint"],
     "colour cov.": lambda r: r["attribute_coverage"]["colour"],
     "novelty": lambda r: r["novelty"],
+    # diversity: mean entropy (bits) of the three attributes; None for reports cached before it existed
+    "attr entropy": lambda r: sum(r["entropy"][a] for a in ATTRS) / 3 if r.get("entropy") else None,
 }
 
 
@@ -207,7 +238,7 @@ def aggregate(results: dict, variants: list[str]) -> dict[str, dict[str, tuple[f
         for field_name, get in FIELDS.items():
             values = []
             for reports in per_seed.values():
-                rows = [get(r) for r in reports.values() if r]
+                rows = [v for v in (get(r) for r in reports.values() if r) if v is not None]
                 if rows:
                     values.append(sum(rows) / len(rows))
             if values:
@@ -285,22 +316,31 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--variants", default=",".join(MAIN), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--ablation", action="store_true", help="DreamDistribution ablation variants instead")
+    parser.add_argument(
+        "--gamma-sweep",
+        action="store_true",
+        help=f"gamma {', '.join(f'{g:g}' for g in GAMMAS)} for each sampler (the diversity knob) instead",
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (references, training, sampling)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per learned method")
     parser.add_argument("--images", type=int, default=32, help="generated images per set")
     parser.add_argument("--references", type=int, default=12, help="reference images per concept")
-    parser.add_argument("--quick", action="store_true", help="2 concepts, seed 0, 40 steps, 8 images: a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 concepts, seed 0, 40 steps, 8 images unless given: a smoke run"
+    )
     parser.add_argument("--out", default="bench_out/toy_quality", help="working folder (cache) and results")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.quick:  # smaller defaults; flags given on the command line still win
+        parser.set_defaults(concepts="circles,mix-four", seeds="0", steps=40, images=8)
+        args = parser.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.quick:
-        args.concepts, args.seeds, args.steps, args.images = "circles,mix-four", "0", 40, 8
-    catalogue = ablation_variants() if args.ablation else VARIANTS
-    names = list(catalogue) if args.ablation and args.variants == ",".join(MAIN) else args.variants.split(",")
+    catalogue = ablation_variants() if args.ablation else gamma_sweep_variants() if args.gamma_sweep else VARIANTS
+    swept = args.ablation or args.gamma_sweep
+    names = list(catalogue) if swept and args.variants == ",".join(MAIN) else args.variants.split(",")
     unknown = [n for n in names if n not in catalogue]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join(catalogue)}")
@@ -330,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(table, labels, title)
     print(text)
     root.mkdir(parents=True, exist_ok=True)
-    suffix = "_ablation" if args.ablation else ""
+    suffix = "_ablation" if args.ablation else "_gamma" if args.gamma_sweep else ""
     (root / f"table{suffix}.md").write_text(text + "\n")
     (root / f"results{suffix}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     plot(table, labels, root / f"quality{suffix}.png")

@@ -57,20 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300, help="training steps (DreamDistribution, TI)")
     parser.add_argument("--epochs", type=int, default=30, help="classifier epochs (batch 32)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 60 steps, 24 kept per class, 20 epochs")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 60 steps, 24 kept per class, 5 epochs")
     parser.add_argument("--out", default="bench-out/toy_synthetic", help="working folder (cache) and results")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.seeds, args.steps, args.per_class, args.keep, args.test, args.large, args.epochs = (
-            "0",
-            60,
-            24,
-            24,
-            30,
-            60,
-            5,
-        )
+    if args.quick:  # smaller defaults; flags given on the command line still win
+        parser.set_defaults(seeds="0", steps=60, per_class=24, keep=24, test=30, large=60, epochs=5)
+        args = parser.parse_args(argv)
     return args
 
 

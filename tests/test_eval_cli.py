@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,6 +202,22 @@ def test_compare_table_is_mean_and_std_over_scenarios(tmp_path, capsys):
     assert "| a | 3 |" in capsys.readouterr().out
     for png in ("metrics.png", "fidelity_diversity.png"):
         assert (tmp_path / "cmp" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reports_and_comparisons_arrive_whole_by_rename(work, tmp_path, monkeypatch):
+    """Every file ``eval`` and ``compare`` write is renamed into place (a crash leaves the old one whole)."""
+    renamed, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: renamed.append(Path(dst)) or replace(src, dst))
+    assert run_eval(work, tmp_path / "eval", "--metrics", "density,coverage") == 0
+    for i, density in enumerate((1.0, 0.8)):
+        fake_report(tmp_path / "a" / f"s{i}", None, f"s{i}", {"density": density, "coverage": 0.5})
+    assert main(["compare", str(tmp_path / "a"), "--out", str(tmp_path / "cmp")]) == 0
+    written = sorted(p for folder in ("eval", "cmp") for p in (tmp_path / folder).iterdir())
+    assert [p.name for p in written if p.parent.name == "cmp"] == sorted(
+        ["comparison.json", "comparison.md", "fidelity_diversity.png", "metrics.png"]
+    )
+    assert {"report.json", "report.md", "metrics.png"} <= {p.name for p in written if p.parent.name == "eval"}
+    assert sorted(p for p in renamed if p.parent.name in ("eval", "cmp")) == written
 
 
 def test_compare_refuses_mixed_settings_and_duplicates(tmp_path, capsys):

@@ -148,17 +148,23 @@ def test_mixture_objective_saves_owner_weights_and_resumes_exactly(runs, tiny_mo
 
 
 def test_samplers_differ_and_are_named_in_the_manifest(runs, tmp_path):
+    import numpy as np
+
     from dreamdist.generation import generate
 
-    rows = {}
+    rows, images = {}, {}
     for name in ("gaussian", "mixture"):
         config = GenerateConfig(
             out=str(tmp_path / name), artifacts=[str(runs["mixture"])], sampler=name, num_images=2,
             num_inference_steps=2, progress=False,
         )  # fmt: skip
-        rows[name] = (tmp_path / name / "manifest.jsonl").read_text() if generate(config) else ""
+        result = generate(config)
+        rows[name] = (tmp_path / name / "manifest.jsonl").read_text()
+        images[name] = [np.asarray(image, dtype=np.int16) for image in result.images]
     assert '"sampler": "mixture"' in rows["mixture"] and '"component"' in rows["mixture"]
     assert '"sampler": "gaussian"' in rows["gaussian"]
+    for gaussian, mixture in zip(images["gaussian"], images["mixture"]):  # same seeds, other sampler
+        assert np.abs(gaussian - mixture).max() > 10
     with pytest.raises(ValueError, match="sampler"):
         GenerateConfig(out="x", artifacts=["a"], sampler="uniform")
     with pytest.raises(ValueError, match="objective"):

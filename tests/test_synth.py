@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dreamdist.cli import main
@@ -111,6 +112,44 @@ def test_kept_set_is_the_top_k_of_the_manifest_scores_and_only_it_is_on_disk(bas
     assert len(set(seeds)) == len(seeds) and seeds[4] == MAX_PER_CLASS  # class 1 starts at 2**20
     top = sorted(p.name for p in baseline.iterdir())
     assert top == ["cat", "dog", "manifest.jsonl", "red_toy", "synth.json"]  # an ImageFolder, nothing else
+
+
+def clip_cosines(clip: Path, images: list, text: str) -> list[float]:
+    """cos(image, text) straight from transformers' CLIPModel forward (not dreamdist's scorer)."""
+    import transformers
+
+    model = transformers.CLIPModel.from_pretrained(str(clip)).eval()
+    tokens = transformers.AutoTokenizer.from_pretrained(str(clip))([text], return_tensors="pt")
+    pixels = transformers.AutoImageProcessor.from_pretrained(str(clip))(images=images, return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=tokens["input_ids"], pixel_values=pixels["pixel_values"])
+    return out.logits_per_image[:, 0].div(model.logit_scale.exp()).tolist()  # the logits are scaled cosines
+
+
+def test_recorded_scores_are_recomputed_clip_cosines_and_the_best_are_kept(job, baseline, tmp_path):
+    """Every image of a class (the dropped ones regenerated with their seeds) scored again with CLIP
+    directly: the manifest's scores are those cosines, and the kept images are the best ones."""
+    manifest = rows(baseline)
+    for name in ("cat", "red_toy"):
+        members, text = [r for r in manifest if r["class"] == name], name.replace("_", " ")
+        again = generate(
+            GenerateConfig(
+                out=str(tmp_path / name),
+                artifacts=[str(job["multi"])],
+                class_name=text,
+                seed=members[0]["seed"],
+                num_images=len(members),
+                num_inference_steps=2,
+                progress=False,
+            )
+        )
+        scores = clip_cosines(job["clip"], again.images, text)  # --clip-prompt "{}"
+        assert [r["score"] for r in members] == pytest.approx(scores, abs=1e-3)  # regenerated: pixels may differ by 1
+        kept = [r for r in members if r["kept"]]
+        with_files = clip_cosines(job["clip"], [Image.open(baseline / r["file"]) for r in kept], text)
+        assert [r["score"] for r in kept] == pytest.approx(with_files, abs=1e-5)  # the very images kept
+        best = sorted(range(len(members)), key=lambda i: -scores[i])[:2]
+        assert {r["index"] for r in kept} == {members[i]["index"] for i in best}
 
 
 def test_an_image_is_the_same_whatever_the_batch_size(job, baseline, tmp_path):
@@ -251,7 +290,7 @@ def test_a_foreign_non_empty_out_is_refused(job, tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "mine.txt").write_text("keep me")
     assert main(synth_argv(job, tmp_path / "photos")) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "did not write" in capsys.readouterr().err
     assert (tmp_path / "photos" / "mine.txt").read_text() == "keep me"
 
 

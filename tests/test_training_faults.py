@@ -18,12 +18,10 @@ from PIL import Image
 from dreamdist.artifact import load_artifact
 from dreamdist.cli import main
 from dreamdist.config import TrainConfig
-from dreamdist.methods.custom_diffusion import CustomDiffusionConfig
+from dreamdist.methods import method_names
 from dreamdist.methods.dreambooth import DreamBoothConfig
 from dreamdist.methods.dreamdistribution import DreamDistributionConfig
-from dreamdist.methods.textual_inversion import TextualInversionConfig
-from dreamdist.methods.two_stage import TwoStageConfig
-from dreamdist.testing import write_images
+from dreamdist.testing import example_config, write_images
 from dreamdist.training.checkpoint import TrainingState, list_checkpoints, load_checkpoint, save_checkpoint
 from dreamdist.training.loop import _lr_schedule, train
 
@@ -55,14 +53,28 @@ def test_skipped_files_are_printed_recorded_and_shown_by_info(tiny_model, tmp_pa
     assert "broken.png" in capsys.readouterr().out
 
 
-METHODS = {
-    "dreamdistribution": SMALL,
-    "textual-inversion": TextualInversionConfig(init_word="toy"),
-    "dreambooth": DreamBoothConfig(class_noun="dog", class_images=1, class_inference_steps=1),
-    "dreambooth-lora": DreamBoothConfig(class_noun="dog", lora=True, rank=2, prior_preservation=False),
-    "custom-diffusion": CustomDiffusionConfig(class_noun="dog", init_word="toy"),
-    "two-stage": TwoStageConfig(class_noun="dog", init_word="red", stage1_steps=1),
+# every method of the registry (dreamdist.testing.example_config with these options), plus variants
+OPTIONS = {
+    "dreambooth": dict(class_images=1, class_inference_steps=1),
+    "custom-diffusion": dict(init_word="toy"),
+    "two-stage": dict(init_word="red", stage1_steps=1),
 }
+METHODS = {
+    **{name: example_config(name, **OPTIONS.get(name, {})) for name in method_names()},
+    "dreamdistribution": SMALL,
+    "dreambooth-lora": DreamBoothConfig(class_noun="dog", lora=True, rank=2, prior_preservation=False),
+}
+
+
+def assert_shows_images(grid: Image.Image, tiles: int = 4) -> None:
+    """Each tile of a 2 x 2 sample grid holds an image: finite, not one flat colour, not black."""
+    pixels = np.asarray(grid.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+    assert np.isfinite(pixels).all()
+    height, width = pixels.shape[0] // 2, pixels.shape[1] // 2
+    for i in range(tiles):
+        tile = pixels[(i // 2) * height : (i // 2 + 1) * height, (i % 2) * width : (i % 2 + 1) * width]
+        assert tile.std() > 2.0, f"tile {i} is one flat colour (NaN latents decode to one)"
+        assert tile.max() > 8.0, f"tile {i} is black"
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -72,7 +84,11 @@ def test_every_method_samples_under_bf16_mixed_precision(name, refs, tiny_model,
         config(refs, tiny_model, tmp_path / name, method=method, mixed_precision="bf16", sample_every=1),
         METHODS[name],
     )
-    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-0000001.png", "step-0000002.png"]
+    grids = sorted((out / "samples").iterdir())
+    assert [p.name for p in grids] == ["step-0000001.png", "step-0000002.png"]
+    for path in grids:
+        with Image.open(path) as grid:
+            assert_shows_images(grid)
     assert (out / "dreamdist.safetensors").is_file()
 
 

@@ -238,3 +238,33 @@ def save_tiny_sdxl_pipeline(folder: str | Path, **kwargs) -> Path:
     pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(folder, **kwargs), add_watermarker=False)
     pipe.save_pretrained(folder / "pipeline", safe_serialization=True)
     return folder / "pipeline"
+
+
+# values for the config fields that have no default, for every registered method (see ``example_config``)
+EXAMPLE_VALUES = {"class_noun": "dog", "init_word": "toy"}
+
+
+def example_config(method: str, **options):
+    """A config of registered ``method`` for tests and benchmarks: ``options`` over ``EXAMPLE_VALUES``
+    for its required fields, its own defaults elsewhere. Lets test matrices iterate the registry.
+
+    Args:
+        method: a name of ``dreamdist.methods.method_names()``.
+        options: config fields to set (e.g. small sizes).
+
+    Raises:
+        ValueError: a required field has no example value (add one to ``EXAMPLE_VALUES``).
+    """
+    from dataclasses import MISSING, fields
+
+    from dreamdist.methods import get_method
+
+    config_cls = get_method(method).config
+    required = [f.name for f in fields(config_cls) if f.default is MISSING and f.default_factory is MISSING]
+    unknown = [name for name in required if name not in options and name not in EXAMPLE_VALUES]
+    if unknown:
+        raise ValueError(
+            f"{config_cls.__name__} requires {unknown} and dreamdist.testing.EXAMPLE_VALUES has no value for them; "
+            "add one there so the test matrices can build this method"
+        )
+    return config_cls(**{**{name: EXAMPLE_VALUES[name] for name in required if name not in options}, **options})

@@ -16,6 +16,7 @@ _EXPORTS = {
     "load_image_set": "images",
     "METRICS": "defaults",
     "DEFAULT_METRICS": "defaults",
+    "ToyOracleFeatures": "toy_oracle",
     **{
         name: "metrics"
         for name in (

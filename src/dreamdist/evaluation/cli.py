@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 
 from dreamdist.evaluation import defaults as D
-from dreamdist.evaluation.defaults import DEFAULT_METRICS, METRICS, default_cache_dir
+from dreamdist.evaluation.defaults import (
+    DEFAULT_METRICS,
+    FEATURE_SETS,
+    METRICS,
+    TOY_DEFAULT_METRICS,
+    TOY_SETS,
+    default_cache_dir,
+)
 from dreamdist.evaluation.report import fmt, label
 
 # input at fault: NoUsableImagesError / ManifestError are ValueErrors, weight errors are OSErrors
@@ -37,7 +44,16 @@ def register(subparsers) -> None:
         "--metrics",
         default=None,
         help=f"comma-separated subset of {','.join(METRICS)} (default: {','.join(DEFAULT_METRICS)}, "
-        "plus clip-t when --prompt is given)",
+        f"plus clip-t when --prompt is given; with a toy --features: {','.join(TOY_DEFAULT_METRICS)})",
+    )
+    ev.add_argument(
+        "--features",
+        choices=FEATURE_SETS,
+        default="standard",
+        help="feature space of the metrics: standard (Inception for FID, CLIP, DINO, DINOv2: hub models); for "
+        "toy-world images only, offline, every metric in one space of the toy world's oracle: toy-oracle (its "
+        "penultimate features: how the images look) or toy-attributes (its predicted colour/shape/background "
+        "one-hots: what they show)",
     )
     ev.add_argument("--prompt", default=None, help="text for CLIP-T (overrides per-image prompts of manifest.jsonl)")
     ev.add_argument("--k", type=int, default=5, help="k of the k-NN radii for density/coverage/precision/recall")
@@ -92,20 +108,34 @@ def _fail(exc: BaseException) -> int:
     return 2
 
 
+def metric_names(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--metrics`` as names (unchecked), or the defaults of ``--features`` (+ clip-t with ``--prompt``)."""
+    if args.metrics is None:
+        defaults = TOY_DEFAULT_METRICS if args.features in TOY_SETS else DEFAULT_METRICS
+        return defaults + (("clip-t",) if args.prompt is not None else ())
+    return tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip())
+
+
+def check_models(args: argparse.Namespace) -> None:
+    """Fail in about a second, before torch loads or images decode, when a needed hub model is missing offline."""
+    from dreamdist.evaluation import hub
+
+    models = {"clip": args.clip_model, "dino": args.dino_model, "dinov2": args.dinov2_model}
+    hub.require_available(hub.model_needs(metric_names(args), args.features, models), args.offline)
+
+
 def config_from_args(args: argparse.Namespace):
     """Typed settings (``EvalConfig``, which validates them) from the parsed flags."""
     from dreamdist.evaluation.pipeline import EvalConfig
 
-    if args.metrics is None:
-        metrics = DEFAULT_METRICS + (("clip-t",) if args.prompt is not None else ())
-    else:
-        metrics = tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip())
+    metrics = metric_names(args)
     if args.no_cache:
         cache_dir = None
     else:
         cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     return EvalConfig(
         metrics=metrics,
+        features=args.features,
         k=args.k,
         boundary=args.boundary,
         prompt=args.prompt,
@@ -123,14 +153,24 @@ def config_from_args(args: argparse.Namespace):
 
 def run_eval(args: argparse.Namespace) -> int:
     """``dreamdist eval``: load both folders, compute the metrics, write the report."""
+    from dreamdist.outputs import EVAL, check_output  # one output policy for every command (dreamdist.outputs)
+
+    try:
+        check_output(args.out, EVAL, getattr(args, "overwrite", False))  # --overwrite: added by dreamdist.cli
+    except OSError as exc:
+        return _fail(exc)
+    try:
+        check_models(args)  # before torch is imported and the images are decoded
+    except USER_ERRORS as exc:
+        return _fail(exc)
     from dreamdist.evaluation.images import load_image_set
     from dreamdist.evaluation.pipeline import evaluate
     from dreamdist.evaluation.report import write_report
 
     try:
         config = config_from_args(args)
-        real = load_image_set(args.real, use_manifest=not args.no_manifest)
-        generated = load_image_set(args.generated, use_manifest=not args.no_manifest)
+        real = load_image_set(args.real, use_manifest=not args.no_manifest, role="reference (--real)")
+        generated = load_image_set(args.generated, use_manifest=not args.no_manifest, role="generated (--generated)")
         for name, image_set in (("reference", real), ("generated", generated)):
             if image_set.report.skipped:
                 print(f"{name} {image_set.folder}: {image_set.report.summary()}", file=sys.stderr)

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dreamdist.atomic import atomic_write_json
-from dreamdist.evaluation.defaults import FEATURES_OF, METRICS
+from dreamdist.atomic import atomic_path, atomic_write_json, atomic_write_text
+from dreamdist.evaluation.defaults import METRICS, space_of
 from dreamdist.evaluation.report import fmt, label, read_report, require_matplotlib
 
 # (fidelity, diversity) pairs for the scatter plot, first available wins
@@ -43,7 +43,7 @@ class MethodResults:
 
 def _setting_of(report: dict, metric: str) -> tuple:
     """What must match for a metric's numbers to be comparable across reports."""
-    space = report.get("features", {}).get(FEATURES_OF.get(metric, ""), {})
+    space = space_of(report, metric)
     identity = (space.get("model_id"), space.get("weights"), space.get("preprocessing"), space.get("dim"))
     if metric in ("density", "coverage", "precision", "recall"):
         settings = report.get("settings", {})
@@ -141,7 +141,8 @@ def plot_bars(methods: list[MethodResults], path: Path) -> Path:
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     fig.suptitle("mean ± std over scenarios (dots: scenarios)")
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     return path
 
 
@@ -167,7 +168,8 @@ def plot_scatter(methods: list[MethodResults], path: Path) -> Path | None:
     ax.set_ylabel(f"{label(y_metric)} (diversity)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     return path
 
 
@@ -195,7 +197,7 @@ def write_comparison(methods: list[MethodResults], warnings: list[str], out: str
     markdown = f"# dreamdist compare\n\nMean ± std over scenarios.\n\n{table}" + (
         f"\nWarnings:{notes}\n" if notes else ""
     )
-    (out / "comparison.md").write_text(markdown, encoding="utf-8")
+    atomic_write_text(out / "comparison.md", markdown)
     written = [out / "comparison.json", out / "comparison.md", plot_bars(methods, out / "metrics.png")]
     scatter = plot_scatter(methods, out / "fidelity_diversity.png")
     return written + ([scatter] if scatter else [])

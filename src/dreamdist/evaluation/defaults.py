@@ -19,6 +19,14 @@ FEATURES_OF = {  # metric -> the feature space it is computed in (METHODS.md sec
     **{name: "dinov2" for name in MANIFOLD},
 }
 
+# --features: "standard" computes each metric in its usual model's space (FEATURES_OF); the toy sets
+# compute every metric in one space of the toy world's oracle (evaluation/toy_oracle.py), offline:
+# "toy-oracle" its penultimate features, "toy-attributes" its predicted attributes as one-hots.
+TOY_SETS = ("toy-oracle", "toy-attributes")
+FEATURE_SETS = ("standard", *TOY_SETS)
+# without --metrics under a toy set: clip-i and dino would be the same number there, so dino is left out
+TOY_DEFAULT_METRICS = ("fid", "clip-i", "density", "coverage", "precision", "recall")
+
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEFAULT_DINO = "facebook/dino-vits16"
 DEFAULT_DINOV2 = "facebook/dinov2-base"
@@ -29,3 +37,14 @@ def default_cache_dir() -> Path:
     """``$DREAMDIST_CACHE/features`` when the variable is set, else ``~/.cache/dreamdist/features``."""
     root = os.environ.get("DREAMDIST_CACHE")
     return Path(root).expanduser() / "features" if root else Path.home() / ".cache" / "dreamdist" / "features"
+
+
+def feature_space(metric: str, features: str = "standard") -> str:
+    """The feature space (extractor kind) ``metric`` is computed in under ``--features features``."""
+    return features if features in TOY_SETS else FEATURES_OF[metric]
+
+
+def space_of(report: dict, metric: str) -> dict:
+    """A report's ``features`` entry (model id, weights, dim, ...) of the space ``metric`` was computed in."""
+    features = report.get("settings", {}).get("features", "standard")
+    return report.get("features", {}).get(feature_space(metric, features) if metric in FEATURES_OF else "", {})

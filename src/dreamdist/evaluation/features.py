@@ -12,6 +12,9 @@ exactly as its model's own image processor does (transformers' PIL backend, no t
 | ``InceptionFeatures`` | local FID checkpoint | [0, 1] -> bilinear 299 x 299 (torch, no antialias) -> [-1, 1] | pool3 (2048) |
 
 The sizes above are those of the default checkpoints; the processor saved with a model decides.
+Images of any size go in (32 px toy images are upscaled). ``toy_oracle.ToyOracleFeatures`` follows
+the same contract for toy-world images, offline. Hub ids load from the local cache first; see
+``hub.py`` for what happens when a model is missing there.
 The Inception resize follows pytorch-fid (the usual PyTorch FID), not clean-fid's PIL bicubic,
 so numbers are comparable with pytorch-fid's, not with clean-fid's "clean" mode.
 """
@@ -32,14 +35,11 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from dreamdist.evaluation import inception
+from dreamdist.evaluation import hub, inception
 from dreamdist.evaluation.defaults import DEFAULT_CLIP, DEFAULT_DINO, DEFAULT_DINOV2
+from dreamdist.evaluation.hub import FeatureModelError
 
 Images = Sequence[Image.Image] | torch.Tensor
-
-
-class FeatureModelError(OSError):
-    """A feature model's weights or processor could not be loaded; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class FeatureInfo:
     """What identifies a feature space: a cache key part and a report entry.
 
     Attributes:
-        kind: ``clip``, ``dino``, ``dinov2`` or ``inception``.
+        kind: ``clip``, ``dino``, ``dinov2``, ``inception`` or ``toy-oracle`` (``toy_oracle.py``).
         model_id: hub id or local path as given.
         weights: fingerprint of the weights actually loaded (hub commit, file stats or sha256).
         preprocessing: canonical JSON of the preprocessing settings.
@@ -83,13 +83,9 @@ def as_pil_images(images: Images) -> list[Image.Image]:
 # loading helpers (shared functions, not a base class)
 
 
-def _is_local(model_id: str) -> bool:
-    return Path(model_id).expanduser().exists() or model_id.startswith((".", "/", "~")) or "\\" in model_id
-
-
 def _load_error(what: str, model_id: str, flag: str, exc: Exception) -> FeatureModelError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if _is_local(model_id):
+    if hub.is_local(model_id):
         fix = f"pass a folder written by save_pretrained (config.json, weights, preprocessor_config.json) with {flag}"
     else:
         fix = (
@@ -100,15 +96,34 @@ def _load_error(what: str, model_id: str, flag: str, exc: Exception) -> FeatureM
 
 
 def _from_pretrained(cls, model_id: str, what: str, flag: str, local_files_only: bool, **kwargs):
-    """``cls.from_pretrained`` with an error that names the model and how to pass a local copy."""
-    if _is_local(model_id) and not Path(model_id).expanduser().is_dir():
-        raise FeatureModelError(
-            f"the {what} model folder {model_id!r} does not exist; pass a folder written by "
-            f"save_pretrained with {flag}, or a hub id"
-        )
-    source = str(Path(model_id).expanduser()) if _is_local(model_id) else model_id
+    """``cls.from_pretrained`` with an error that names the model and how to pass a local copy.
+
+    A hub id is read from the local HF cache first (no network). Only when that fails is the hub
+    asked, and only after ``hub.offline_reason`` found it reachable: offline, the error comes at
+    once instead of after huggingface_hub's minute of retries.
+    """
+    if hub.is_local(model_id):
+        folder = Path(model_id).expanduser()
+        if not folder.is_dir():
+            raise FeatureModelError(
+                f"the {what} model folder {model_id!r} does not exist; pass a folder written by "
+                f"save_pretrained with {flag}, or a hub id"
+            )
+        try:
+            return cls.from_pretrained(str(folder), local_files_only=True, **kwargs)
+        except (OSError, ValueError, KeyError) as exc:
+            raise _load_error(what, model_id, flag, exc) from None
     try:
-        return cls.from_pretrained(source, local_files_only=local_files_only, **kwargs)
+        return cls.from_pretrained(model_id, local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        cached_error = exc  # not (fully) in the cache, or not loadable: the hub may still help
+    reason = hub.offline_reason(local_files_only)
+    if reason is not None:
+        if hub.in_local_cache(model_id):  # cached but incomplete or broken: say what failed
+            raise _load_error(what, model_id, flag, cached_error) from None
+        raise hub.unavailable_error([hub.ModelNeed(what, model_id, flag)], reason) from None
+    try:
+        return cls.from_pretrained(model_id, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error(what, model_id, flag, exc) from None
 

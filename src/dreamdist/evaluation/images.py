@@ -2,8 +2,10 @@
 
 A manifest line is a JSON object with at least ``"file"`` (a path relative to the folder) and
 optionally ``"prompt"`` (the text the image was generated from, used by CLIP-T) and ``"method"``.
-Files that cannot be used are skipped with a reason (as ``dreamdist.data`` does for references);
-``NoUsableImagesError`` is raised when nothing usable is left.
+Files that cannot be used (unreadable, truncated, 0 px, decompression bombs) are skipped with a
+reason (as ``dreamdist.data`` does for references); ``NoUsableImagesError`` is raised when nothing
+usable is left. Small images are kept: each feature extractor resizes to its own input size, and
+the evaluation notes when tiny images were upscaled (``small_images_note``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from PIL import Image
 from dreamdist.data import LoadReport, NoUsableImagesError, load_image_folder, open_image
 
 MANIFEST = "manifest.jsonl"
+MIN_SIDE = 1  # any image with pixels is usable: the extractors resize (the training loader's 64 px does not apply)
+SMALL_SIDE = 64  # below this, upscaling to a model's 224 / 299 px input makes its features less meaningful
 
 
 class ManifestError(ValueError):
@@ -89,20 +93,28 @@ def _read_manifest(folder: Path) -> list[dict]:
     return records
 
 
-def load_image_set(folder: str | Path, use_manifest: bool = True) -> ImageSet:
+def load_image_set(folder: str | Path, use_manifest: bool = True, role: str = "image") -> ImageSet:
     """Load a folder's usable images (or, when it has ``manifest.jsonl``, the files it lists).
 
     Args:
         folder: the image folder.
         use_manifest: read ``manifest.jsonl`` when present; otherwise every image of the folder.
+        role: what the folder is, for error messages (``reference``, ``generated``).
 
     Raises:
         NoUsableImagesError: the folder is missing or holds no usable image (per-file report).
         ManifestError: a manifest line is malformed.
     """
     folder = Path(folder)
+    if not folder.exists():
+        raise NoUsableImagesError(f"{role} folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NoUsableImagesError(f"{role} folder {folder} is not a folder; pass the folder that holds the images")
     if not (use_manifest and (folder / MANIFEST).is_file()):
-        images, report = load_image_folder(folder)
+        try:
+            images, report = load_image_folder(folder, min_side=MIN_SIDE)
+        except NoUsableImagesError as exc:
+            raise NoUsableImagesError(f"{role} folder: {exc}") from None
         return ImageSet(folder, images, report)
     images, report, kept = [], LoadReport(), []
     for record in _read_manifest(folder):
@@ -111,13 +123,32 @@ def load_image_set(folder: str | Path, use_manifest: bool = True) -> ImageSet:
             report.skipped.append((path, "listed in the manifest but not found"))
             continue
         try:
-            images.append(open_image(path))
+            images.append(open_image(path, min_side=MIN_SIDE))
         except ValueError as exc:
             report.skipped.append((path, str(exc)))
             continue
         report.kept.append(path)
         kept.append(record)
     if not images:
-        raise NoUsableImagesError(f"no usable image listed in {folder / MANIFEST}.\n{report.summary()}")
+        raise NoUsableImagesError(f"{role} folder: no usable image listed in {folder / MANIFEST}.\n{report.summary()}")
     prompts = [r["prompt"] if isinstance(r.get("prompt"), str) else None for r in kept]
     return ImageSet(folder, images, report, prompts=prompts, records=kept)
+
+
+def small_images_note(sets: dict[str, ImageSet], side: int = SMALL_SIDE) -> str | None:
+    """A note when some images are smaller than ``side`` px (upscaled by the standard models), else None.
+
+    Args:
+        sets: role -> image set, e.g. ``{"reference": real, "generated": generated}``.
+        side: the smallest side that passes without a note.
+    """
+    counts = {role: sum(min(im.size) < side for im in s.images) for role, s in sets.items()}
+    if not any(counts.values()):
+        return None
+    smallest = min((im for s in sets.values() for im in s.images), key=lambda im: min(im.size))
+    which = " and ".join(f"{n} {role}" for role, n in counts.items() if n)
+    return (
+        f"{which} image(s) are smaller than {side} px (smallest {smallest.size[0]}x{smallest.size[1]}); each model "
+        "upscales them to its input (Inception 299 px, CLIP / DINO / DINOv2 224 px), which makes their features "
+        "less meaningful than on photos; for toy-world images use --features toy-oracle"
+    )

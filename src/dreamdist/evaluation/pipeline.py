@@ -8,6 +8,10 @@ Which features each metric uses (METHODS.md section 7):
 | clip-i, clip-t | CLIP image (and text) embeddings |
 | dino | DINO v1 ViT-S/16 CLS |
 | density, coverage, precision, recall | DINOv2 CLS, k-NN radius with k = 5 |
+
+With ``features="toy-oracle"`` (or ``"toy-attributes"``) every metric is computed in one space of
+the toy world's oracle instead (``toy_oracle.py``): no download, meaningful for toy-world images
+only, no CLIP-T (no text side).
 """
 
 from __future__ import annotations
@@ -22,10 +26,19 @@ from pathlib import Path
 import torch
 
 from dreamdist.evaluation import features as F
+from dreamdist.evaluation import hub
 from dreamdist.evaluation import metrics as M
 from dreamdist.evaluation.cache import cached_features
-from dreamdist.evaluation.defaults import DEFAULT_METRICS, FEATURES_OF, MANIFOLD, METRICS
-from dreamdist.evaluation.images import ImageSet
+from dreamdist.evaluation.defaults import (
+    DEFAULT_METRICS,
+    FEATURE_SETS,
+    MANIFOLD,
+    METRICS,
+    TOY_DEFAULT_METRICS,
+    TOY_SETS,
+    feature_space,
+)
+from dreamdist.evaluation.images import ImageSet, small_images_note
 
 REPORT_FORMAT = 1
 
@@ -35,7 +48,9 @@ class EvalConfig:
     """Settings of one evaluation.
 
     Attributes:
-        metrics: names from ``METRICS``.
+        metrics: names from ``METRICS`` (None: the defaults of ``features``).
+        features: ``standard`` (each metric in its usual model's space), ``toy-oracle`` or
+            ``toy-attributes`` (all in one space of the toy world's oracle: offline, for toy-world images).
         k: nearest-neighbour rank of density/coverage/precision/recall radii.
         boundary: ``inclusive`` (closed k-NN balls, paper) or ``exclusive`` (open, the prdc package).
         prompt: text for CLIP-T, overriding per-image manifest prompts.
@@ -48,7 +63,8 @@ class EvalConfig:
         progress: show progress bars.
     """
 
-    metrics: tuple[str, ...] = DEFAULT_METRICS
+    metrics: tuple[str, ...] | None = None
+    features: str = "standard"
     k: int = 5
     boundary: str = "inclusive"
     prompt: str | None = None
@@ -63,6 +79,11 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self):
+        if self.features not in FEATURE_SETS:
+            raise ValueError(f"--features must be one of {', '.join(FEATURE_SETS)}; got {self.features!r}")
+        toy = self.features in TOY_SETS
+        if self.metrics is None:
+            self.metrics = TOY_DEFAULT_METRICS if toy else DEFAULT_METRICS
         self.metrics = tuple(dict.fromkeys(self.metrics))  # de-duplicate, keep order
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
@@ -73,7 +94,17 @@ class EvalConfig:
             raise ValueError(f"--batch-size must be >= 1; got {self.batch_size}")
         if self.boundary not in ("inclusive", "exclusive"):
             raise ValueError(f"--boundary must be inclusive or exclusive; got {self.boundary!r}")
-        if "fid" in self.metrics and not self.inception_weights:
+        if toy and "clip-t" in self.metrics:
+            raise ValueError(
+                f"clip-t needs a text encoder and --features {self.features} has none: leave clip-t out of "
+                "--metrics (and --prompt off), or use --features standard"
+            )
+        if self.features == "toy-attributes" and self.boundary == "exclusive":
+            raise ValueError(
+                "--features toy-attributes puts every image of one attribute triple on one point, so k-NN radii "
+                "are 0 and open balls hold nothing: use --boundary inclusive (the default)"
+            )
+        if "fid" in self.metrics and not toy and not self.inception_weights:
             raise ValueError(
                 "fid needs the FID Inception weights, which are never downloaded: pass the path of "
                 "pt_inception-2015-12-05-6726825d.pth (or a .safetensors copy) with --inception-weights or "
@@ -112,8 +143,18 @@ def clip_t_prompts(config: EvalConfig, generated: ImageSet) -> tuple[list[str], 
     return list(prompts), "manifest"
 
 
+def model_needs(config: EvalConfig) -> list[hub.ModelNeed]:
+    """The hub-or-folder models ``config`` will load (Inception weights and the toy oracle are files)."""
+    models = {"clip": config.clip_model, "dino": config.dino_model, "dinov2": config.dinov2_model}
+    return hub.model_needs(config.metrics, config.features, models)
+
+
 def _build(kind: str, config: EvalConfig):
     local = config.local_files_only
+    if kind in TOY_SETS:
+        from dreamdist.evaluation.toy_oracle import ToyOracleFeatures
+
+        return ToyOracleFeatures(kind, device=config.device)
     if kind == "clip":
         return F.CLIPFeatures(config.clip_model, config.device, local_files_only=local)
     if kind == "dino":
@@ -160,15 +201,20 @@ def evaluate(real: ImageSet, generated: ImageSet, config: EvalConfig, labels: di
     """
     check_counts(config, len(real), len(generated))
     prompts, prompt_source = clip_t_prompts(config, generated) if "clip-t" in config.metrics else ([], None)
-    kinds = list(dict.fromkeys(FEATURES_OF[m] for m in config.metrics))
+    hub.require_available(model_needs(config), config.local_files_only)  # offline: fail now, not after retries
+    kinds = list(dict.fromkeys(feature_space(m, config.features) for m in config.metrics))
     values: dict[str, float] = {}
     spaces: dict[str, dict] = {}
     notes: list[str] = []
+    if config.features == "standard":
+        small = small_images_note({"reference": real, "generated": generated})
+        notes += [small] if small else []
     for kind in kinds:
         extractor = _build(kind, config)
+        wanted = [m for m in config.metrics if feature_space(m, config.features) == kind]
         feats, cached = {}, {}
         for side, image_set in (("real", real), ("generated", generated)):
-            if kind == "clip" and side == "real" and "clip-i" not in config.metrics:
+            if side == "real" and wanted == ["clip-t"]:
                 continue  # CLIP-T alone needs only the generated images
             feats[side], cached[side] = cached_features(
                 extractor,
@@ -179,7 +225,7 @@ def evaluate(real: ImageSet, generated: ImageSet, config: EvalConfig, labels: di
                 progress=config.progress,
                 desc=f"{kind} {side}",
             )
-        values.update(_metrics_of(kind, feats, config, extractor, prompts))
+        values.update(_metrics_of(wanted, feats, config, extractor, prompts))
         info = extractor.info
         spaces[kind] = {
             "model_id": info.model_id,
@@ -192,12 +238,12 @@ def evaluate(real: ImageSet, generated: ImageSet, config: EvalConfig, labels: di
             spaces[kind]["standard_weights"] = extractor.standard_weights
             if not extractor.standard_weights:
                 notes.append("FID uses non-standard Inception weights: not comparable with published FIDs")
-            smallest = min(len(real), len(generated))
-            if smallest < info.dim:
-                notes.append(
-                    f"FID from {smallest} images in {info.dim}-d: covariances are rank-deficient and FID is "
-                    "biased upward; compare FIDs only across runs with the same image counts"
-                )
+        smallest = min(len(real), len(generated))
+        if "fid" in wanted and smallest < info.dim:
+            notes.append(
+                f"FID from {smallest} images in {info.dim}-d: covariances are rank-deficient and FID is "
+                "biased upward; compare FIDs only across runs with the same image counts"
+            )
         del extractor  # freed by reference counting before the next model loads (no cycles)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -211,6 +257,7 @@ def evaluate(real: ImageSet, generated: ImageSet, config: EvalConfig, labels: di
         "features": spaces,
         "settings": {
             "metrics": list(config.metrics),
+            "features": config.features,
             "k": config.k,
             "boundary": config.boundary,
             "prompt": config.prompt,
@@ -224,26 +271,24 @@ def evaluate(real: ImageSet, generated: ImageSet, config: EvalConfig, labels: di
     }
 
 
-def _metrics_of(kind: str, feats: dict, config: EvalConfig, extractor, prompts: list[str]) -> dict[str, float]:
-    """The requested metrics that ``kind`` features serve."""
-    wanted = [m for m in config.metrics if FEATURES_OF[m] == kind]
+def _metrics_of(wanted: list[str], feats: dict, config: EvalConfig, extractor, prompts: list[str]) -> dict[str, float]:
+    """The metrics ``wanted`` from one feature space's ``real`` / ``generated`` features."""
     out: dict[str, float] = {}
-    if kind == "inception":
+    if "fid" in wanted:
         out["fid"] = M.frechet_distance(feats["real"], feats["generated"])
-    elif kind == "dino":
-        out["dino"] = M.mean_cosine_similarity(feats["generated"], feats["real"])
-    elif kind == "clip":
-        if "clip-i" in wanted:
-            out["clip-i"] = M.mean_cosine_similarity(feats["generated"], feats["real"])
-        if "clip-t" in wanted:
-            unique = list(dict.fromkeys(prompts))  # encode each distinct prompt once
-            text = extractor.encode_text(unique)  # (P, d)
-            position = {prompt: i for i, prompt in enumerate(unique)}
-            rows = torch.tensor([position[p] for p in prompts])  # (N,) or (1,) for one --prompt
-            out["clip-t"] = M.clip_t(feats["generated"], text[rows])
-    else:
-        manifold = M.manifold_metrics(
-            feats["real"], feats["generated"], k=config.k, boundary=config.boundary, recall="recall" in wanted
+    for name in ("clip-i", "dino"):  # the same statistic, in CLIP and DINO space
+        if name in wanted:
+            out[name] = M.mean_cosine_similarity(feats["generated"], feats["real"])
+    if "clip-t" in wanted:
+        unique = list(dict.fromkeys(prompts))  # encode each distinct prompt once
+        text = extractor.encode_text(unique)  # (P, d)
+        position = {prompt: i for i, prompt in enumerate(unique)}
+        rows = torch.tensor([position[p] for p in prompts])  # (N,) or (1,) for one --prompt
+        out["clip-t"] = M.clip_t(feats["generated"], text[rows])
+    manifold = [m for m in wanted if m in MANIFOLD]
+    if manifold:
+        values = M.manifold_metrics(
+            feats["real"], feats["generated"], k=config.k, boundary=config.boundary, recall="recall" in manifold
         )
-        out.update({m: manifold[m] for m in wanted})
+        out.update({m: values[m] for m in manifold})
     return out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dreamdist.evaluation.defaults import FEATURES_OF
+from dreamdist.atomic import atomic_path, atomic_write_json, atomic_write_text
+from dreamdist.evaluation.defaults import space_of
 
 REPORT_JSON = "report.json"
 LABELS = {
@@ -46,7 +47,7 @@ def render_markdown(report: dict) -> str:
     title = " / ".join(x for x in (report.get("method"), report.get("scenario")) if x) or "evaluation"
     lines = [f"# dreamdist eval: {title}", "", "| metric | value | features |", "| --- | --- | --- |"]
     for metric, value in report["metrics"].items():
-        space = report["features"].get(FEATURES_OF.get(metric, ""), {})
+        space = space_of(report, metric)
         lines.append(
             f"| {label(metric)} | {fmt(metric, value)} | {space.get('model_id', '')} ({space.get('dim', '?')}-d) |"
         )
@@ -92,7 +93,8 @@ def plot_report(report: dict, path: Path) -> Path:
         axes[-1].bar([label("fid")], [report["metrics"]["fid"]], color="tab:red")
         axes[-1].annotate(f"{report['metrics']['fid']:.2f}", (0, report["metrics"]["fid"]), ha="center", va="bottom")
     fig.suptitle(" / ".join(x for x in (report.get("method"), report.get("scenario")) if x) or "evaluation")
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     return path
 
 
@@ -100,10 +102,8 @@ def write_report(report: dict, out: str | Path, plot: bool = True) -> list[Path]
     """Write ``report.json``, ``report.md`` and (``plot``) ``metrics.png`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_JSON).write_text(
-        json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
-    )
-    (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    atomic_write_json(out / REPORT_JSON, report, ensure_ascii=False, default=str)
+    atomic_write_text(out / "report.md", render_markdown(report))
     written = [out / REPORT_JSON, out / "report.md"]
     if plot:
         written.append(plot_report(report, out / "metrics.png"))

@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from dreamdist.atomic import atomic_write_json
+from dreamdist.outputs import DEMO, check_output, remove_owned
 from dreamdist.toyworld.attributes import ATTRIBUTES
 from dreamdist.toyworld.concepts import ReferenceSet, get_concept, render_concept
 from dreamdist.toyworld.oracle import load_oracle
@@ -161,7 +162,9 @@ def verdict(report: ConceptReport) -> str:
     )
 
 
-def run_demo(out_dir: str | Path, quick: bool = False, concept: str = "cool-patterned", seed: int = 0) -> dict:
+def run_demo(
+    out_dir: str | Path, quick: bool = False, concept: str = "cool-patterned", seed: int = 0, overwrite: bool = False
+) -> dict:
     """Run the whole demo into ``out_dir``; returns the report per setting plus paths and timings.
 
     Args:
@@ -169,6 +172,8 @@ def run_demo(out_dir: str | Path, quick: bool = False, concept: str = "cool-patt
         quick: reduced sizes (a few training steps and images) for CI smoke tests.
         concept: a built-in concept name (see ``dreamdist.toyworld.concepts.CONCEPTS``).
         seed: seeds references, training and sampling.
+        overwrite: replace an earlier demo's output in ``out_dir`` (otherwise refused,
+            ``dreamdist.outputs``); an unfinished one (no report yet) is replaced either way.
 
     Returns:
         {"concept", "reports": {setting: report dict}, "verdict", "figure", "run_dir", "seconds"}.
@@ -177,7 +182,9 @@ def run_demo(out_dir: str | Path, quick: bool = False, concept: str = "cool-patt
 
     settings = QUICK if quick else FULL
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output(out, DEMO, overwrite)
+    remove_owned(out, DEMO)  # what an unfinished demo left (a finished one's is refused or already removed)
+    atomic_write_json(out / ".demo.json", {"concept": concept, "seed": seed, "quick": quick})  # its record
     start = time.time()
     print(f"[1/4] rendering {settings.num_references} references of '{concept}'", flush=True)
     refs = render_concept(get_concept(concept), out / "references", n=settings.num_references, seed=seed)
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_arguments(parser)
     args = parser.parse_args(argv)
-    run_demo(args.out, quick=args.quick, concept=args.concept, seed=args.seed)
+    run_demo(args.out, quick=args.quick, concept=args.concept, seed=args.seed, overwrite=args.overwrite)
     return 0
 
 
