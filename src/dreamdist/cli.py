@@ -371,7 +371,7 @@ def _extensions() -> list[Callable]:
     return found
 
 
-def _quiet_libraries(verbose: bool) -> None:
+def quiet_libraries(verbose: bool) -> None:
     """Keep library chatter (weight-loading bars, backend notes) out of the user's terminal."""
     if verbose:
         return
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    _quiet_libraries(args.verbose)
+    quiet_libraries(args.verbose)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:  # TrainingInterrupted carries the signal; a plain Ctrl-C is SIGINT

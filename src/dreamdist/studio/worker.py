@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=None, help="pid of the studio: stop when it is gone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from dreamdist.cli import _quiet_libraries
+    from dreamdist.cli import quiet_libraries
 
-    _quiet_libraries(verbose=False)  # the page's log shows the run, not library notes
+    quiet_libraries(verbose=False)  # the page's log shows the run, not library notes
     return run(Path(args.folder), args.resume, args.parent)
 
 
