@@ -226,6 +226,7 @@ FIELDS = {
     "novelty": lambda r: r["novelty"],
     # diversity: mean entropy (bits) of the three attributes; None for reports cached before it existed
     "attr entropy": lambda r: sum(r["entropy"][a] for a in ATTRS) / 3 if r.get("entropy") else None,
+    "joint entropy": lambda r: r["entropy"]["joint"] if r.get("entropy") else None,  # of the whole triple
 }
 
 

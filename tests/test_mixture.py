@@ -8,12 +8,12 @@ import torch
 from dreamdist.artifact import load_artifact
 from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.methods.dreamdistribution import (
-    NOISE_OF_GAUSSIAN_RUNS,
     DreamDistributionConfig,
     artifact_features,
+    mixture_scale,
     prompt_sampler,
 )
-from dreamdist.prompt_distribution import gaussian_stats, mixture_draw, spread, winner_take_all
+from dreamdist.prompt_distribution import gaussian_stats, mixture_draw, spread, spread_basis, winner_take_all
 from dreamdist.testing import write_images
 from dreamdist.training.loop import train
 
@@ -35,31 +35,132 @@ def test_weighted_stats_reduce_to_the_paper_and_ignore_zero_weights():
 
 
 def test_mixture_draw_at_gamma_zero_is_exactly_a_prompt():
-    hidden, std = torch.randn(4, 5, 3), torch.rand(5, 3)
+    hidden = torch.randn(4, 5, 3)  # (K, L, d)
+    basis = spread_basis(hidden)
     for u, k in ((0.0, 0), (0.3, 1), (0.6, 2), (0.99, 3)):
-        features, chosen = mixture_draw(hidden, std, torch.ones(4), u, torch.Generator().manual_seed(0), gamma=0.0)
+        features, chosen = mixture_draw(hidden, basis, torch.ones(4), u, torch.Generator().manual_seed(0), scale=0.0)
         assert chosen == k and torch.equal(features, hidden[k])
-    omega = torch.randn(5, 3, generator=torch.Generator().manual_seed(7))
-    features, k = mixture_draw(hidden, std, torch.ones(4), 0.6, torch.Generator().manual_seed(7), gamma=0.5)
-    assert torch.allclose(features, hidden[2] + 0.5 * omega * std)
-    per_prompt = torch.rand(4, 5, 3)  # one std per component
-    features, k = mixture_draw(hidden, per_prompt, torch.ones(4), 0.9, torch.Generator().manual_seed(7), gamma=1.0)
-    assert torch.allclose(features, hidden[3] + omega * per_prompt[3])
-    _, k = mixture_draw(hidden, std, torch.tensor([0.0, 0.0, 1.0, 0.0]), 0.0, torch.Generator(), gamma=0.0)
+    z = torch.randn(4, generator=torch.Generator().manual_seed(7))
+    features, k = mixture_draw(hidden, basis, torch.ones(4), 0.6, torch.Generator().manual_seed(7), scale=0.5)
+    assert torch.allclose(features, hidden[2] + 0.5 * (z[:, None, None] * basis).sum(0), atol=1e-6)
+    groups = torch.tensor([0, 0, 1, 1])  # two mixed distributions: component 3 spreads along rows 2 and 3 only
+    features, k = mixture_draw(hidden, basis, torch.ones(4), 0.9, torch.Generator().manual_seed(7), 1.0, groups)
+    assert k == 3 and torch.allclose(features, hidden[3] + (z[2:, None, None] * basis[2:]).sum(0), atol=1e-6)
+    _, k = mixture_draw(hidden, basis, torch.tensor([0.0, 0.0, 1.0, 0.0]), 0.0, torch.Generator(), scale=0.0)
     assert k == 2  # zero-weight components are never drawn
 
 
+def test_spread_basis_is_the_prompts_covariance():
+    hidden = torch.randn(5, 3, 2, generator=torch.Generator().manual_seed(0))  # (K, L, d)
+    weights = torch.tensor([1.0, 2.0, 1.0, 0.0, 4.0])
+    basis = spread_basis(hidden, weights)  # (K, L, d)
+    _, std = gaussian_stats(hidden, weights)
+    assert torch.allclose(basis.pow(2).sum(0), std.pow(2), atol=1e-6)  # per channel: the paper's sigma^2
+    assert torch.equal(basis[3], torch.zeros(3, 2))  # a weight-0 prompt adds no direction
+    flat = basis.flatten(1)  # (K, L*d)
+    w = weights / weights.sum()
+    centred = (hidden - (w[:, None, None] * hidden).sum(0)).flatten(1)  # (K, L*d)
+    covariance = (w[:, None] * centred).T @ centred / (1 - w.pow(2).sum())  # (L*d, L*d), weighted, unbiased
+    assert torch.allclose(flat.T @ flat, covariance, atol=1e-5)  # channels move together as the prompts do
+    assert torch.allclose(spread_basis(hidden), (hidden - hidden.mean(0)) / 2, atol=1e-6)  # equal weights: / sqrt(K-1)
+
+
+@pytest.fixture(scope="module")
+def toy_words():
+    """The shipped toy model and an in-memory artifact whose K = 4 prompts are real words: 'a {colour} {shape}
+    on a dotted background' with (red circle, blue star, green square, yellow cross) as the learned tokens."""
+    from pathlib import Path
+
+    from dreamdist.artifact import Artifact
+    from dreamdist.backbone import Backbone
+
+    backbone = Backbone.from_pretrained("toy", "cpu", "fp32")
+    ids = backbone.tokenize(["red circle", "blue star", "green square", "yellow cross"])[:, 1:3]  # (K, M=2)
+    with torch.no_grad():
+        vectors = backbone.token_embedding(ids)[None].float()  # (C=1, K, M, d_tok)
+    trained = {"prefix": "a", "suffix": "on a dotted background", "objective": "mixture", "train_gamma": 0.5}
+    meta = {"method": "dreamdistribution", "class_names": ["toy"], "multiclass": False, "method_config": trained}
+    return backbone, Artifact({"vectors": vectors}, meta, Path("in-memory"))
+
+
+def _mixture_samples(backbone, artifact, gamma: float, seeds: range) -> list[tuple[torch.Tensor, int]]:
+    """(features (L, d), component) of the mixture sampler for each seed, each from its own generator."""
+    sample = prompt_sampler(backbone, [artifact], GenerateConfig(out="x", artifacts=["a"], gamma=gamma, seed=0))
+    drawn = [sample(seed, torch.Generator().manual_seed(seed)) for seed in seeds]
+    return [(features, info["component"]) for features, info in drawn]
+
+
+def test_gamma_spreads_mixture_samples_monotonically_along_the_prompts_differences(toy_words):
+    backbone, artifact = toy_words
+    hidden = artifact_features(backbone, artifact, "a", "on a dotted background", 0)  # (K, L, d)
+    span = torch.linalg.qr((hidden - hidden.mean(0)).flatten(1).T).Q  # (L*d, K) orthonormal
+    between = float(torch.pdist(hidden.flatten(1)).mean())  # mean distance of two prompts
+    distances, inside = [], []
+    for gamma in (0.0, 0.5, 1.0, 1.5, 2.0):
+        moved = torch.stack(
+            [(f - hidden[k]).flatten() for f, k in _mixture_samples(backbone, artifact, gamma, range(24))]
+        )
+        distances.append(float(moved.norm(dim=1).mean()))
+        inside.append(float(((span.T @ moved.T).norm(dim=0) / moved.norm(dim=1).clamp_min(1e-12)).min()))
+    assert distances[0] == 0.0 and all(a < b for a, b in zip(distances, distances[1:]))
+    assert distances[-1] == pytest.approx(16 * distances[1], rel=1e-4)  # (gamma / 2)^2 times the same draws
+    assert distances[-1] > 0.3 * between  # gamma 2 goes a good part of the way to another prompt
+    # ... along the prompts' differences: independent per-channel noise (the previous sampler) lies almost
+    # wholly outside that (K-1)-dimensional span of the L*d channels, and barely changed the images
+    assert min(inside[1:]) > 0.999
+    again = _mixture_samples(backbone, artifact, 2.0, range(20, 24))  # the same seeds drawn alone: the same prompts
+    assert all(
+        torch.equal(f, g) for (f, _), (g, _) in zip(again, _mixture_samples(backbone, artifact, 2.0, range(24))[20:])
+    )
+
+
+def test_gamma_changes_the_mixture_samplers_images(toy_words):
+    import numpy as np
+
+    from dreamdist.pipeline import RenderSettings, render_images
+
+    backbone, artifact = toy_words
+    settings = RenderSettings.resolve(backbone, None, 10, None, None, "")
+    images = {}
+    for gamma in (0.0, 1.0, 2.0):
+        sample = prompt_sampler(backbone, [artifact], GenerateConfig(out="x", artifacts=["a"], gamma=gamma))
+        rows = render_images(backbone, sample, range(8), 0, settings, batch_size=8)
+        images[gamma] = np.stack([np.asarray(image, dtype=np.int16) for _, image, _ in rows])  # (8, H, W, 3)
+    change = {gamma: float(np.abs(images[gamma] - images[0.0]).mean()) for gamma in (1.0, 2.0)}
+    # same seeds (same initial noise): the previous sampler moved these images by ~1.7 grey levels at gamma 2
+    assert change[2.0] > 6 and change[1.0] < change[2.0]
+
+
+def test_spread_images_are_the_same_whatever_the_batch_size(runs, tmp_path):
+    import numpy as np
+
+    from dreamdist.generation import generate
+
+    def images(name: str, **kw) -> list:
+        config = GenerateConfig(
+            out=str(tmp_path / name), artifacts=[str(runs["mixture"])], gamma=2.0, num_inference_steps=2,
+            progress=False, **kw,
+        )  # fmt: skip
+        return [np.asarray(image, dtype=np.int16) for image in generate(config).images]
+
+    one, four = images("b1", num_images=4, batch_size=1), images("b4", num_images=4, batch_size=4)
+    shifted = images("s", num_images=2, batch_size=2, seed=2)  # images 2 and 3 of the runs above
+    for x, y in zip(one + one[2:], four + shifted):
+        assert np.abs(x - y).max() <= 1  # batched kernels may differ in the last float bit
+
+
 def test_consecutive_seeds_visit_components_in_proportion():
-    hidden, std = torch.randn(5, 2, 2), torch.ones(2, 2)
+    hidden = torch.randn(5, 2, 2)
+    basis = spread_basis(hidden)
     for start in (0, 17, 1000):
         picks = [
-            mixture_draw(hidden, std, torch.ones(5), spread(s), torch.Generator(), 0.0)[1]
+            mixture_draw(hidden, basis, torch.ones(5), spread(s), torch.Generator(), 0.0)[1]
             for s in range(start, start + 50)
         ]
         counts = torch.bincount(torch.tensor(picks), minlength=5)
         assert counts.min() >= 9 and counts.max() <= 11  # 10 each, up to the sequence's discrepancy
     weights = torch.tensor([3.0, 1.0])
-    picks = [mixture_draw(hidden[:2], std, weights, spread(s), torch.Generator(), 0.0)[1] for s in range(40)]
+    picks = [mixture_draw(hidden[:2], basis[:2], weights, spread(s), torch.Generator(), 0.0)[1] for s in range(40)]
     assert abs(picks.count(0) - 30) <= 1
 
 
@@ -127,10 +228,10 @@ def test_mixture_sampler_at_gamma_zero_reproduces_the_k_prompts(runs, backbone):
     assert seen == {0, 1, 2, 3}  # 8 consecutive seeds: each of the K = 4 prompts twice
     noisy, _ = sampler(backbone, runs["paper"], sampler="mixture", gamma=2.0)
     features, info = noisy(5, torch.Generator().manual_seed(5))
-    omega = torch.randn(hidden.shape[1:], generator=torch.Generator().manual_seed(5))
-    # noise = gamma * t * omega * sigma, t = 0.5 for a run trained with the Gaussian objective
-    expected = hidden[info["component"]] + 2.0 * NOISE_OF_GAUSSIAN_RUNS * omega * hidden.std(0)
-    assert torch.allclose(features, expected, atol=1e-5)
+    z = torch.randn(len(hidden), generator=torch.Generator().manual_seed(5))
+    # spread = (gamma / 2)^2 * sum_j z_j (c_j - mu) / sqrt(K - 1): at gamma 2 a whole draw of the prompts' covariance
+    moved = (z[:, None, None] * (hidden - hidden.mean(0))).sum(0) / 3**0.5
+    assert mixture_scale(2.0) == 1.0 and torch.allclose(features, hidden[info["component"]] + moved, atol=1e-5)
 
 
 def test_mixture_objective_saves_owner_weights_and_resumes_exactly(runs, tiny_model):

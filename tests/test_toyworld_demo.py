@@ -20,8 +20,13 @@ def test_quick_demo_runs_and_reports(tmp_path, capsys):
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "oracle report" in printed and "verdict: " in printed and result["verdict"] in printed
+    assert "--quick: a smoke run" in result["verdict"]  # a failing smoke verdict says it is expected
     for report in result["reports"].values():
         assert set(report["tv"]) == {"colour", "shape", "background", "joint"}
+        assert set(report["entropy"]) == {"colour", "shape", "background", "joint"}
+    # the diversity knob: one row per gamma of the default sampler, printed; gamma 0 is its own baseline
+    assert "diversity knob" in printed and [row["gamma"] for row in result["knob"]] == list(GAMMAS)
+    assert result["knob"][0]["change"] == 0.0 and all(row["change"] >= 0 for row in result["knob"])
 
 
 def test_toy_refs_command_writes_a_reference_folder(tmp_path, capsys):

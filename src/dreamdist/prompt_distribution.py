@@ -88,29 +88,54 @@ def spread(seed: int) -> float:
     return (seed * GOLDEN) % 1.0
 
 
+def spread_basis(hidden: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows whose random combinations are draws of the K prompts' full (weighted) covariance.
+
+    Args:
+        hidden: (K, L, d) features of the K prompts.
+        weights: (K,) component weights (normalised here; weight-0 prompts get a zero row), or None: equal.
+    Returns:
+        (K, L, d) rows ``b_j = sqrt(w_j / (1 - sum w^2)) (c_j - mu)``, ``mu`` the weighted mean. For
+        ``z ~ N(0, I_K)``, ``sum_j z_j b_j ~ N(0, Sigma)`` with ``Sigma`` the prompts' covariance over all
+        (L x d) channels: its diagonal is ``gaussian_stats``' std squared (the paper's sigma), but the
+        channels move together, the way the learned prompts differ from each other.
+    """
+    weights = torch.ones(hidden.shape[0]) if weights is None else weights
+    w = (weights / weights.sum()).to(hidden)  # (K,)
+    mean = (w[:, None, None] * hidden).sum(dim=0)  # (L, d)
+    scale = (w / (1 - w.pow(2).sum()).clamp_min(1e-12)).sqrt()  # (K,)
+    return scale[:, None, None] * (hidden - mean)  # (K, L, d)
+
+
 def mixture_draw(
     hidden: torch.Tensor,
-    std: torch.Tensor,
+    basis: torch.Tensor,
     weights: torch.Tensor,
     u: float,
     generator: torch.Generator,
-    gamma: float = 1.0,
+    scale: float = 1.0,
+    groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """One sample of the mixture of the K prompts: the component at ``u`` of the weights' CDF, plus noise.
+    """One sample of the mixture of the K prompts: the component at ``u`` of the weights' CDF, plus spread.
 
     Args:
-        hidden: (K, L, d) features of the K prompts; std: (L, d) their spread, or (K, L, d) one per prompt.
+        hidden: (K, L, d) features of the K prompts.
+        basis: (K, L, d) ``spread_basis`` rows.
         weights: (K,) non-negative component weights (need not be normalised).
         u: a point in [0, 1) that picks the component (``spread(seed)``: stratified over seeds).
-        generator: CPU generator; draws omega (L, d).
+        generator: CPU generator; draws z (K,), always the same count, whatever the component or scale.
+        scale: the spread's multiple (0: exactly the learned prompt; the sampler's gamma sets it).
+        groups: (K,) long, for a mixture of several distributions: which one each row belongs to; a
+            component spreads only along its own distribution's rows (None: one distribution).
     Returns:
-        ``c_k + gamma * omega * std`` (L, d) and k. ``gamma = 0`` returns ``hidden[k]`` exactly.
+        ``c_k + scale * sum_j z_j b_j`` (L, d) and k. ``scale = 0`` returns ``hidden[k]`` exactly.
     """
     cdf = torch.cumsum(weights.double().cpu(), 0)
     k = min(int(torch.searchsorted(cdf, u * float(cdf[-1]), right=True)), len(cdf) - 1)
-    std = std[k] if std.dim() == hidden.dim() else std  # (L, d)
-    omega = torch.randn(std.shape, generator=generator).to(std)  # (L, d)
-    return hidden[k] + gamma * omega * std, k
+    z = torch.randn(basis.shape[0], generator=generator).to(basis)  # (K,)
+    if groups is not None:
+        z = z * (groups.to(z.device) == groups[k]).to(z)  # (K,) only the component's own distribution
+    return hidden[k] + scale * torch.tensordot(z, basis, dims=1), k  # (L, d)
 
 
 def winner_take_all(losses: torch.Tensor, smoothing: float, margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,9 +17,12 @@ Two training objectives and two samplers (METHODS.md §8), named choices:
 - sampler ``gaussian`` (the paper): ``mu + gamma * omega * sigma`` (weighted by the components'
   weights when the artifact has them);
 - sampler ``mixture``: the component at ``spread(image seed)`` of the weights' CDF (consecutive
-  seeds visit the components in proportion, not by chance), then ``c_k + gamma * t * omega * sigma``
-  with ``t`` the run's ``train_gamma`` (``NOISE_OF_GAUSSIAN_RUNS`` for runs trained the paper's
-  way): at gamma = 1 each prompt gets the noise it was trained with.
+  seeds visit the components in proportion, not by chance), then ``c_k + (gamma / 2)^2 * sum_j z_j b_j``:
+  around the learned prompt, a draw of the K prompts' full covariance (``spread_basis``; per channel
+  the paper's ``sigma``, but moving along the directions in which the prompts differ), whole at
+  gamma 2 and a quarter at the default gamma 1. gamma is the diversity knob: 0 gives exactly the
+  learned prompts, 1 keeps their fidelity, 2 recombines their attributes (``mixture_scale``;
+  docs/sampling.md has the measured curve).
 """
 
 from __future__ import annotations
@@ -44,12 +47,25 @@ from dreamdist.prompt_distribution import (
     orthogonality_loss,
     reparameterize,
     spread,
+    spread_basis,
     winner_take_all,
 )
 
 OBJECTIVES = ("gaussian", "mixture")
 TIMESTEPS = (0.15, 0.7)  # mixture objective: the noise levels trained, fractions of the schedule
-NOISE_OF_GAUSSIAN_RUNS = 0.5  # mixture sampler on a run trained with the Gaussian objective: sigma scale at gamma 1
+FULL_SPREAD_GAMMA = 2.0  # mixture sampler: the gamma at which a sample is a whole draw of the prompts' covariance
+
+
+def mixture_scale(gamma: float) -> float:
+    """Mixture sampler: the multiple of a covariance draw added to the prompt, ``(gamma / 2)^2``.
+
+    Quadratic, by measurement (docs/sampling.md, ``bench/toy_quality.py --gamma-sweep``): a quarter
+    draw (gamma 1, the default) keeps the learned prompts' fidelity on every concept measured, half
+    a draw already lost some where the concept's attributes do not combine freely, and a whole draw
+    (gamma 2) recombines attributes visibly. Linear in gamma, the default would have had to give up
+    either its fidelity or the knob's reach.
+    """
+    return (gamma / FULL_SPREAD_GAMMA) ** 2
 
 
 @dataclass
@@ -367,20 +383,13 @@ def _gaussian(backbone: Backbone, artifacts: list[Artifact], edits, config: Gene
     return [(name, draw(mean, std)) for name, (mean, std) in stats]
 
 
-def training_noise(artifact: Artifact) -> float:
-    """The sigma scale each prompt of a run was trained with (mixture objective: ``train_gamma``)."""
-    trained = artifact.meta["method_config"]
-    if trained.get("objective", "gaussian") == "mixture":
-        return float(trained["train_gamma"])
-    return NOISE_OF_GAUSSIAN_RUNS
-
-
 def _mixture(backbone: Backbone, artifacts: list[Artifact], edits, config: GenerateConfig, chosen):
-    """[(name, draw)] for the mixture sampler: component k by the weights, ``c_k + gamma * t * omega * sigma``.
+    """[(name, draw)] for the mixture sampler: component k by the weights, plus spread.
 
-    sigma is the (weighted) std of the component's own artifact, t the noise scale it was trained
-    with (``training_noise``). Mixing several artifacts is a
-    mixture of their mixtures: component weights times alpha_i.
+    Each image's features are ``c_k + mixture_scale(gamma) * sum_j z_j b_j``, ``b_j`` the
+    ``spread_basis`` rows of the component's own artifact (its prompts' weighted covariance).
+    Mixing several artifacts is a mixture of their mixtures: component weights times alpha_i, each
+    component spreading along its own artifact's prompts.
     """
     if len(artifacts) == 1:
         names = artifacts[0].meta["class_names"]
@@ -391,17 +400,20 @@ def _mixture(backbone: Backbone, artifacts: list[Artifact], edits, config: Gener
         ]
 
     def draw(parts):
-        hidden, stds, weights = [], [], []
-        for artifact, edit, c, alpha in parts:
+        hidden, bases, weights, owners = [], [], [], []
+        for i, (artifact, edit, c, alpha) in enumerate(parts):
             features = artifact_features(backbone, artifact, *edit, c)  # (K_i, L, d)
             w = artifact_weights(artifact, c)  # (K_i,)
             hidden.append(features)
-            stds.append(training_noise(artifact) * gaussian_stats(features, w)[1].expand_as(features))
+            bases.append(spread_basis(features, w))  # (K_i, L, d)
             weights.append(alpha * w / w.sum())
-        hidden, stds, weights = torch.cat(hidden), torch.cat(stds), torch.cat(weights)  # (sum K, ...)
+            owners.append(torch.full((len(w),), i))
+        hidden, bases, weights = torch.cat(hidden), torch.cat(bases), torch.cat(weights)  # (sum K, ...)
+        owners = torch.cat(owners) if len(parts) > 1 else None  # (sum K,) artifact of each component
+        scale = mixture_scale(config.gamma)
 
         def one(seed: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-            features, k = mixture_draw(hidden, stds, weights, spread(seed), generator, config.gamma)
+            features, k = mixture_draw(hidden, bases, weights, spread(seed), generator, scale, owners)
             return features, {"component": k}
 
         return one

@@ -9,13 +9,19 @@ from __future__ import annotations
 import argparse
 
 from dreamdist import outputs
+from dreamdist.timings import claim
 from dreamdist.toyworld.concepts import CONCEPTS
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the demo (shared by ``dreamdist demo`` and ``python -m dreamdist.toyworld.demo``)."""
     parser.add_argument("--out", default="dreamdist-demo", help="output folder (default: dreamdist-demo)")
-    parser.add_argument("--quick", action="store_true", help="reduced sizes, for CI smoke tests (~10 s)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run for CI ({claim('demo_quick')}): too short to learn the concept, so its verdict is "
+        "expected to say so",
+    )
     parser.add_argument(
         "--concept",
         default="cool-patterned",
@@ -57,7 +63,7 @@ def register(subparsers) -> None:
     """Add ``demo`` and ``toy-refs`` to an argparse sub-parser group."""
     demo = subparsers.add_parser(
         "demo",
-        help="offline demo in the built-in toy world (about 3 minutes on 2 CPU cores)",
+        help=f"offline demo in the built-in toy world ({claim('demo')})",
         description="Render toy reference images, learn a prompt distribution on the built-in toy model, "
         "generate at several gamma and with the paper's Gaussian sampler, score each set with the oracle and "
         "print a faithful-and-diverse verdict (report.json, demo.png).",

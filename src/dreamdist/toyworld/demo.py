@@ -3,11 +3,13 @@
     dreamdist demo --out out/demo [--quick]      (or python -m dreamdist.toyworld.demo ...)
 
 Steps: render a reference set of a concept that no short caption names; train DreamDistribution
-(its defaults) on the built-in toy model; generate at several gamma with the default sampler and,
-for contrast, with the paper's Gaussian sampler; run the oracle report (fidelity, coverage,
-novelty, attribute distributions) on each set; print one verdict line; save ``report.json`` and
-``demo.png`` (references | samples per setting, then the attribute histograms of references vs
-samples). About 3 minutes on 2 CPU cores; ``quick=True`` is a reduced run for CI.
+(its defaults) on the built-in toy model; generate at gamma 0, 1 and 2 with the default sampler
+(the same seeds, so each column shows the same images moved by the diversity knob) and, for
+contrast, with the paper's Gaussian sampler; run the oracle report (fidelity, coverage, novelty,
+attribute entropy and distributions) on each set; print the diversity knob's table and one verdict
+line; save ``report.json`` and ``demo.png`` (references | samples per setting, then the attribute
+histograms of references vs samples). ``dreamdist demo --help`` gives its measured time
+(``dreamdist.timings``); ``quick=True`` is a reduced run for CI.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from dreamdist.atomic import atomic_write_json
@@ -36,9 +39,9 @@ from dreamdist.toyworld.report import (
 )
 from dreamdist.toyworld.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
-GAMMAS = (0.0, 0.5, 1.0)  # with the default sampler
+GAMMAS = (0.0, 1.0, 2.0)  # with the default sampler: the learned prompts, the default, the most diverse
 PAPER = "paper gaussian"  # the paper's sampler at gamma 1, for contrast
-MAIN = "gamma 0.5"  # the set the verdict is about: the default sampler at gamma 0.5
+MAIN = "gamma 1"  # the set the verdict is about: the default sampler at its default gamma
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,9 @@ def save_figure(
         ax.imshow(_tile(images[:36], columns=6))
         rep = reports[name]
         ax.set_title(
-            f"{name}\nfid {rep.fidelity:.2f}  cov {rep.coverage:.2f}  TV {rep.attribute_tv_mean:.2f}", fontsize=8
+            f"{name}\nfid {rep.fidelity:.2f}  cov {rep.coverage:.2f}  TV {rep.attribute_tv_mean:.2f}\n"
+            f"novelty {rep.novelty:.2f}  entropy {rep.attribute_entropy_mean:.2f} / {rep.entropy['joint']:.2f} bits",
+            fontsize=8,
         )
     for ax in top:
         ax.axis("off")
@@ -149,6 +154,41 @@ def save_figure(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def knob_table(samples: dict[str, list], reports: dict[str, ConceptReport]) -> list[dict]:
+    """The diversity knob: per gamma of the default sampler, fidelity beside the diversity measures.
+
+    ``change``: mean absolute difference (grey levels, 0-255) from the gamma 0 image of the same seed.
+    """
+    base = [np.asarray(image.convert("RGB"), dtype=np.int16) for image in samples["gamma 0"]]
+    rows = []
+    for gamma in GAMMAS:
+        name = f"gamma {gamma:g}"
+        rep, images = reports[name], samples[name]
+        change = np.mean(
+            [np.abs(np.asarray(i.convert("RGB"), dtype=np.int16) - b).mean() for i, b in zip(images, base)]
+        )
+        rows.append({
+            "gamma": gamma, "fidelity": rep.fidelity, "coverage": rep.coverage, "novelty": rep.novelty,
+            "entropy": rep.attribute_entropy_mean, "joint_entropy": rep.entropy["joint"], "change": float(change),
+        })  # fmt: skip
+    return rows
+
+
+def format_knob(rows: list[dict], reference_entropy: tuple[float, float]) -> str:
+    """``knob_table`` as printed lines."""
+    lines = [
+        "  diversity knob (default sampler, same seeds): gamma | fidelity | coverage | novelty | attribute entropy"
+        " (bits, mean / joint) | change from gamma 0 (grey levels)",
+        *(
+            f"    {r['gamma']:g} | {r['fidelity']:.2f} | {r['coverage']:.2f} | {r['novelty']:.2f} | "
+            f"{r['entropy']:.2f} / {r['joint_entropy']:.2f} | {r['change']:.1f}"
+            for r in rows
+        ),
+        f"    (references: entropy {reference_entropy[0]:.2f} / {reference_entropy[1]:.2f} bits)",
+    ]
+    return "\n".join(lines)
 
 
 def verdict(report: ConceptReport) -> str:
@@ -176,7 +216,8 @@ def run_demo(
             ``dreamdist.outputs``); an unfinished one (no report yet) is replaced either way.
 
     Returns:
-        {"concept", "reports": {setting: report dict}, "verdict", "figure", "run_dir", "seconds"}.
+        {"concept", "reports": {setting: report dict}, "knob": ``knob_table`` rows, "verdict", "figure",
+        "run_dir", "seconds"}.
     """
     from dreamdist.backbone import Backbone
 
@@ -207,13 +248,18 @@ def run_demo(
     print("[4/4] oracle report", flush=True)
     for name, rep in reports.items():
         print(f"  {name}: {rep.summary()}", flush=True)
+    knob = knob_table(samples, reports)
+    print(format_knob(knob, (reports[MAIN].reference_entropy_mean, reports[MAIN].reference_entropy["joint"])))
     line = verdict(reports[MAIN])
+    if quick:  # a few training steps cannot learn a concept; say so beside the verdict
+        line += " [--quick: a smoke run, too short to learn the concept; the full demo's verdict is the one to read]"
     print(line, flush=True)
     figure = out / "demo.png"
     save_figure(refs, samples, reports, triples, figure)
     result = {
         "concept": concept,
         "reports": {name: r.to_dict() for name, r in reports.items()},
+        "knob": knob,
         "verdict": line,
         "figure": str(figure),
         "run_dir": str(run_dir),

@@ -8,15 +8,19 @@ Pure functions over predicted attribute triples (long (N, 3) tensors or lists of
 - support coverage: share of the whole support that appears among the generated;
 - total variation: ``1/2 sum_v |p_gen(v) - p_ref(v)|`` between the generated and reference
   distributions of each attribute and of the joint triple (0 = same distribution, 1 = disjoint);
-- attribute coverage: per attribute, share of the references' distinct values that appear.
+- attribute coverage: per attribute, share of the references' distinct values that appear;
+- attribute entropy: Shannon entropy (bits) of each attribute's distribution and of the joint
+  triple among the generated images: how spread out they are, whatever the references (0 = every
+  image shows the same value; log2 6 = 2.58 bits for six colours in equal shares).
 
 ``concept_report`` runs the oracle on images (PIL or a tensor) and computes all of them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from PIL import Image
@@ -121,6 +125,19 @@ def attribute_coverage(generated: Triples, references: Triples) -> dict[str, flo
     return out
 
 
+def entropy(triples: Triples, attribute: int | None = None) -> float:
+    """Shannon entropy in bits of one attribute (0, 1, 2) or of whole triples (None); 0 for no images."""
+    shares = histogram(triples, attribute).values()
+    return -sum(p * math.log2(p) for p in shares) + 0.0  # + 0.0: no "-0.0"
+
+
+def attribute_entropy(triples: Triples) -> dict[str, float]:
+    """Entropy (bits) per attribute and of the joint triple ("joint")."""
+    out = {name: entropy(triples, i) for i, name in enumerate(ATTRIBUTES)}
+    out["joint"] = entropy(triples, None)
+    return out
+
+
 @dataclass
 class ConceptReport:
     """The report's numbers for one generated set."""
@@ -135,11 +152,23 @@ class ConceptReport:
     attribute_fidelity: dict[str, float]
     tv: dict[str, float]  # total variation per attribute and "joint"
     attribute_coverage: dict[str, float]
+    entropy: dict[str, float] = field(default_factory=dict)  # bits, per attribute and "joint", generated
+    reference_entropy: dict[str, float] = field(default_factory=dict)  # the same for the references
 
     @property
     def attribute_tv_mean(self) -> float:
         """Mean total variation over the three attributes (the issue's "attribute TV")."""
         return sum(self.tv[name] for name in ATTRIBUTES) / len(ATTRIBUTES)
+
+    @property
+    def attribute_entropy_mean(self) -> float:
+        """Mean entropy (bits) over the three attributes of the generated images: their diversity."""
+        return sum(self.entropy.get(name, 0.0) for name in ATTRIBUTES) / len(ATTRIBUTES)
+
+    @property
+    def reference_entropy_mean(self) -> float:
+        """The same mean for the references, for comparison."""
+        return sum(self.reference_entropy.get(name, 0.0) for name in ATTRIBUTES) / len(ATTRIBUTES)
 
     def faithful(self, fidelity: float = FIDELITY_BAR) -> bool:
         """Whether enough images lie inside the concept."""
@@ -164,7 +193,9 @@ class ConceptReport:
             f"{self.concept}: fidelity {self.fidelity:.0%} ({attrs}), coverage {self.coverage:.0%}, "
             f"novelty {self.novelty:.0%} ({self.num_novel_combos} new combos), "
             f"support covered {self.support_coverage:.0%}, attribute TV {self.attribute_tv_mean:.2f} "
-            f"(colour {self.tv['colour']:.2f}, joint {self.tv['joint']:.2f}), n={self.num_images}"
+            f"(colour {self.tv['colour']:.2f}, joint {self.tv['joint']:.2f}), attribute entropy "
+            f"{self.attribute_entropy_mean:.2f} bits (references {self.reference_entropy_mean:.2f}), "
+            f"n={self.num_images}"
         )
 
 
@@ -182,6 +213,8 @@ def report_from_triples(concept: Concept, generated: Triples, references: Triple
         attribute_fidelity=attribute_fidelity(gen, concept.support),
         tv=attribute_tv(gen, references),
         attribute_coverage=attribute_coverage(gen, references),
+        entropy=attribute_entropy(gen),
+        reference_entropy=attribute_entropy(references),
     )
 
 
