@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="denoising steps")
     parser.add_argument("--batch", type=int, default=4, help="images per pipeline call")
     parser.add_argument("--quick", action="store_true", help="tiny components, 2 images, 2 steps, 1 thread (smoke run)")
+    parser.add_argument("--json", help="also write the result into this docs/results table (scripts/bench_docs.py)")
     args = parser.parse_args()
     sizes = dict(hidden_size=256, text_layers=6, unet_channels=(32, 64))  # "small" components
     if args.quick:
@@ -86,6 +87,25 @@ def main() -> None:
     for name, seconds in timings.items():
         print(f"{name:16s}{args.images / seconds:8.2f} img/s")
     print(f"overhead ratio (dreamdist / plain) x{timings['dreamdist'] / timings['plain diffusers']:.3f}")
+    if args.json:
+        from _results import command_line, write_speed_row
+
+        plain_s, ours_s = timings["plain diffusers"], timings["dreamdist"]
+        values = {
+            "ref_img_s": args.images / plain_s,
+            "ours_img_s": args.images / ours_s,
+            "time_ratio": ours_s / plain_s,
+        }
+        cells = {
+            "benchmark": f"`bench/bench_generate.py` ({args.images} images, {args.steps} steps, batch {args.batch})",
+            "reference": "plain `StableDiffusionPipeline` call: {ref_img_s:.2f} img/s",
+            "dreamdist": "refit + per-image prompt sampling: {ours_img_s:.2f} img/s",
+            "ratio": "{time_ratio:.2f}x time",
+        }
+        settings = {"images": args.images, "steps": args.steps, "batch": args.batch, "scale": scale, "device": device}
+        write_speed_row(
+            args.json, "bench_generate", command_line("bench/bench_generate.py", None), settings, values, cells
+        )
 
 
 if __name__ == "__main__":

@@ -115,6 +115,9 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny, 1 step, batch 2, 1 thread, all in this process (smoke run)"
     )
+    parser.add_argument(
+        "--json", help="also write the table here (docs/results schema ; scripts/bench_docs.py renders it)"
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:  # peak memory is then the process's, not each method's
@@ -143,6 +146,27 @@ def main() -> None:
         print(
             f"{name:20s}{r['trained']:16,d}{r['step_s']:10.4f}{r['step_s'] / ref['step_s']:7.2f}"
             f"{r['peak_mib']:12.1f}{r['peak_mib'] / ref['peak_mib']:7.2f}"
+        )
+    if args.json:
+        from _results import command_line, machine, write_table
+
+        columns = [
+            {"key": "method", "label": "method"},
+            {"key": "trained", "label": "trained params", "format": "{:,}"},
+        ]
+        columns += [{"key": "step_s", "label": "step (s)", "format": "{:.3f}"}]
+        columns += [{"key": "x_dd", "label": "x DreamDistribution", "format": "{:.2f}"}]
+        columns += [{"key": "peak_mib", "label": "peak (MiB)", "format": "{:.0f}"}]
+        keep = ("trained", "step_s", "peak_mib")
+        rows = [
+            {"cells": {"method": n, **{k: r[k] for k in keep}, "x_dd": r["step_s"] / ref["step_s"]}}
+            for n, r in results.items()
+        ]
+        settings = {"scale": args.scale, "steps": args.steps, "batch": args.batch, "threads": threads, "device": device}
+        caption = f"Per-method step time and peak memory: {args.scale} components, batch {args.batch}, {device}"
+        command = command_line("bench/bench_methods.py", None)
+        write_table(
+            args.json, columns=columns, rows=rows, caption=caption, command=command, settings=settings | machine()
         )
 
 

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per implementation (best time is kept)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="our distance block rows")
     parser.add_argument("--quick", action="store_true", help="300 x 300 features, d = 32, chunks of 128 (smoke run)")
+    parser.add_argument("--json", help="also write the result into this docs/results table (scripts/bench_docs.py)")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.d, args.chunk_size = 300, 32, 128
@@ -87,6 +88,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"largest difference: {worst:.2e} (prdc keeps float32 distances, ours float64)")
     print(f"peak RSS after ours: {ours_rss:.0f} MiB; after prdc: {prdc_rss:.0f} MiB")
     print(f"time ours {ours_time:.2f} s, prdc {prdc_time:.2f} s, ratio prdc/ours = {prdc_time / ours_time:.2f}x")
+    if args.json:
+        from _results import command_line, write_speed_row
+
+        values = {"n": args.n, "prdc_s": prdc_time, "ours_s": ours_time, "speedup": prdc_time / ours_time}
+        values |= {"memory": ours_rss / prdc_rss, "max_diff": worst}
+        cells = {
+            "benchmark": f"`bench/bench_metrics.py` (density/coverage/precision/recall, {{n:,}} x {{n:,}}, d = {args.d}, "
+            f"k = {args.k}, {args.threads} thread(s))",
+            "reference": "`prdc`: {prdc_s:.2f} s",
+            "dreamdist": "blocked float64: {ours_s:.2f} s",
+            "ratio": "**{speedup:.2f}x faster**, {memory:.2f}x peak memory, same numbers (max diff {max_diff:.0e})",
+        }
+        settings = {"n": args.n, "d": args.d, "k": args.k, "threads": args.threads, "repeats": args.repeats}
+        command = command_line("bench/bench_metrics.py", argv)
+        write_speed_row(args.json, f"bench_metrics_n{args.n}", command, settings, values, cells)
 
 
 if __name__ == "__main__":

@@ -331,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", default="bench_out/toy_quality", help="working folder (cache) and results")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--json", help="also write the table here, as docs/results JSON (scripts/bench_docs.py)")
     args = parser.parse_args(argv)
     if args.quick:  # smaller defaults; flags given on the command line still win
         parser.set_defaults(concepts="circles,mix-four", seeds="0", steps=40, images=8)
@@ -375,6 +376,12 @@ def main(argv: list[str] | None = None) -> None:
     (root / f"table{suffix}.md").write_text(text + "\n")
     (root / f"results{suffix}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     plot(table, labels, root / f"quality{suffix}.png")
+    if args.json:
+        from _results import command_line, machine, write_mean_std_table
+
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "out", "seed_now")} | machine()
+        command = command_line("bench/toy_quality.py", argv)
+        write_mean_std_table(args.json, table, labels, list(FIELDS), caption=title, command=command, settings=settings)
     print(f"wrote {root / f'table{suffix}.md'} and {root / f'quality{suffix}.png'} in {time.time() - start:.0f} s")
 
 

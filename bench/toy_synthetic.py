@@ -60,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 steps, 24 kept per class, 5 epochs")
     parser.add_argument("--out", default="bench-out/toy_synthetic", help="working folder (cache) and results")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--json", help="also write the table here, as docs/results JSON (scripts/bench_docs.py)")
     args = parser.parse_args(argv)
     if args.quick:  # smaller defaults; flags given on the command line still win
         parser.set_defaults(seeds="0", steps=60, per_class=24, keep=24, test=30, large=60, epochs=5)
@@ -220,6 +221,40 @@ def main(argv=None) -> None:
     (out / "table.md").write_text(text)
     (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     print(text)
+    if args.json:
+        write_json(args.json, results, arms, args, argv)
+
+
+def write_json(path: str, results: dict[int, dict], arms: list[str], args, argv) -> None:
+    """The table in docs/results' schema (``bench/_results.py``), for ``scripts/bench_docs.py``."""
+    from _results import command_line, machine, write_table
+
+    columns = [
+        {"key": "training_data", "label": "training data (per class)"},
+        {"key": "images", "label": "images per class"},
+        {"key": "top_1", "label": "top-1 on real renders", "format": "{0:.3f} ± {1:.3f}"},
+    ]
+    rows = []
+    for arm in arms:
+        values = [results[s][arm]["top1"] for s in results if arm in results[s]]
+        if not values:
+            continue
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        count = next(results[s][arm]["train_images"] for s in results if arm in results[s]) // len(CLASSES)
+        images = f"{count} kept of {args.per_class}" if arm.startswith("dd-") else str(count)
+        rows.append(
+            {"cells": {"training_data": LABELS[arm], "images": images, "top_1": [statistics.mean(values), std]}}
+        )
+    caption = table(results, arms, args).splitlines()[0]
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "out")} | machine()
+    write_table(
+        path,
+        columns=columns,
+        rows=rows,
+        caption=caption,
+        command=command_line("bench/toy_synthetic.py", argv),
+        settings=settings,
+    )
 
 
 if __name__ == "__main__":
