@@ -88,3 +88,45 @@ def build_clip_tokenizer(words: list[str], folder: str | Path, max_length: int =
     )
     tokenizer.save_pretrained(folder)
     return CLIPTokenizer.from_pretrained(folder)
+
+
+T5_SPECIAL = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2, as in T5's SentencePiece vocabulary
+
+
+def build_t5_tokenizer(words: list[str], folder: str | Path, max_length: int = 32):
+    """Write a T5-style (SentencePiece Unigram) tokenizer for ``words`` into ``folder`` and load it.
+
+    Pieces are ``<pad>``, ``</s>``, ``<unk>``, ``▁word`` for every word and every single character
+    (alone and with ``▁``), so any ASCII text tokenizes; ``</s>`` is appended to every sequence, as
+    T5's tokenizer does. The result is an ordinary ``T5TokenizerFast`` folder (``tokenizer.json``),
+    read back by ``from_pretrained`` and by the Flux / SD3 pipelines.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clean = sorted({w.lower() for w in words if w.isascii() and w.strip() and " " not in w})
+    chars = sorted({chr(c) for c in range(33, 127)})
+    pieces = [(token, 0.0) for token in T5_SPECIAL]
+    pieces += [("▁" + w, -1.0) for w in clean]  # whole words first: the most likely segmentation
+    pieces += (
+        [("▁", -8.0)] + [(c, -10.0) for c in chars] + [("▁" + c, -9.0) for c in chars if "▁" + c not in dict(pieces)]
+    )
+    model = models.Unigram(pieces, unk_id=2, byte_fallback=False)
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    wrapped = T5TokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_ids=0,
+        model_max_length=max_length,
+    )
+    wrapped.save_pretrained(folder)
+    return T5TokenizerFast.from_pretrained(folder)

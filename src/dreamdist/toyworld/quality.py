@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from diffusers import StableDiffusionPipeline
 
@@ -11,15 +14,23 @@ from dreamdist.toyworld.oracle import Oracle
 from dreamdist.toyworld.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 
+def sampler_defaults(pipe) -> dict:
+    """The model's pipeline arguments: its folder's ``dreamdist.json`` (the toy UNet model's when absent)."""
+    folder = Path(getattr(pipe, "name_or_path", "") or "")
+    path = folder / "dreamdist.json"
+    if str(folder) and path.is_file():
+        return json.loads(path.read_text())
+    return {"num_inference_steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE}
+
+
 @torch.no_grad()
 def generate_for_combos(
     pipe: StableDiffusionPipeline,
     combos: torch.Tensor,
     seed: int = 0,
-    num_inference_steps: int = DEFAULT_STEPS,
-    guidance_scale: float = DEFAULT_GUIDANCE,
     batch_size: int = 50,
     every_template: bool = True,
+    **sampler,
 ) -> torch.Tensor:
     """One image per combo, captioned with its three attributes.
 
@@ -28,11 +39,11 @@ def generate_for_combos(
     background") for all with ``every_template=False``.
 
     Args:
-        pipe: a toy-world ``StableDiffusionPipeline``.
+        pipe: a toy-world pipeline (``toy``: ``StableDiffusionPipeline``; ``toy-flow``: ``FluxPipeline``).
         combos: long (N, 3) attribute indices.
         seed: the generator seed (batch ``i`` uses ``seed + i``).
-        num_inference_steps, guidance_scale: sampler settings.
         batch_size: images per pipeline call.
+        **sampler: pipeline arguments over the model's own defaults (``sampler_defaults``).
 
     Returns:
         Float (N, 3, H, W) in [0, 1].
@@ -40,15 +51,15 @@ def generate_for_combos(
     prompts = [
         make_caption(*combo_names(tuple(c)), template=i if every_template else 0) for i, c in enumerate(combos.tolist())
     ]
-    device = pipe.unet.device
+    device = pipe.device
+    sampler = {**sampler_defaults(pipe), **sampler}
     out = []
     for i in range(0, len(prompts), batch_size):
         generator = torch.Generator(device).manual_seed(seed + i)
         result = pipe(
             prompts[i : i + batch_size],
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
             generator=generator,
+            **sampler,
             output_type="pt",
         )
         out.append(result.images.float().cpu())
@@ -87,7 +98,6 @@ def oracle_accuracy(
 def main(argv: list[str] | None = None) -> None:
     """``python -m dreamdist.toyworld.quality [FOLDER] --n 200``: oracle accuracy per split, as JSON."""
     import argparse
-    import json
 
     from dreamdist.toyworld.oracle import load_oracle
     from dreamdist.toyworld.sampling import load_pipeline
@@ -96,14 +106,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", nargs="?", default=None, help="pipeline folder (default: the shipped model)")
     parser.add_argument("--n", type=int, default=200, help="images per split")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--splits", nargs="+", default=["seen", "held_out"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe, oracle = load_pipeline(args.folder), load_oracle()
-    sampler = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    sampler = sampler_defaults(pipe)
+    if args.steps is not None:
+        sampler["num_inference_steps"] = args.steps
+    if args.guidance is not None:  # true CFG on a flow model, classic CFG on the UNet one
+        sampler["true_cfg_scale" if "true_cfg_scale" in sampler else "guidance_scale"] = args.guidance
     for split in args.splits:
         scores = oracle_accuracy(pipe, oracle, split=split, n=args.n, seed=args.seed, **sampler)
         print(json.dumps({"split": split, "n": args.n, **sampler, **{k: round(v, 4) for k, v in scores.items()}}))

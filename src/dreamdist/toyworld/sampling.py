@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusers import DPMSolverMultistepScheduler, SchedulerMixin, StableDiffusionPipeline
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, SchedulerMixin
 
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 3.0
@@ -17,10 +17,10 @@ def sampling_scheduler(training_scheduler: SchedulerMixin) -> DPMSolverMultistep
     return DPMSolverMultistepScheduler.from_config(training_scheduler.config)
 
 
-def load_pipeline(folder: str | Path | None = None, device: str = "cpu") -> StableDiffusionPipeline:
-    """Load the shipped toy pipeline (or the one in ``folder``) with its progress bar off."""
+def load_pipeline(folder: str | Path | None = None, device: str = "cpu") -> DiffusionPipeline:
+    """Load the shipped toy pipeline (or the one in ``folder``: its own pipeline class) with its progress bar off."""
     from dreamdist.toyworld import model_dir
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder or model_dir()))
+    pipe = DiffusionPipeline.from_pretrained(str(folder or model_dir()))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

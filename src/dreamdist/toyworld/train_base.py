@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from transformers import CLIPTextModel
 
-from dreamdist.generation import assemble_pipeline
+from dreamdist.backbones.sd import assemble_sd_pipeline
 from dreamdist.toyworld import model_dir
 from dreamdist.toyworld.components import build_scheduler, build_text_encoder, build_tokenizer, build_unet
 from dreamdist.toyworld.curves import plot_curves, write_csv
@@ -171,7 +171,7 @@ def save_pipeline(components: dict, out: Path, tokenizer_files: Path | None = No
     """
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe = assemble_pipeline(**components)
+    pipe = assemble_sd_pipeline(**components)
     pipe.save_pretrained(tmp, safe_serialization=True)
     for config in tmp.glob("*/config.json"):  # a warm start's source path is not part of the model
         values = json.loads(config.read_text())
@@ -207,7 +207,7 @@ def save_state(folder: Path, modules: dict[str, torch.nn.Module], optimizer, met
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, module in modules.items():
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors")
+        save_model(module, str(tmp / f"{name}.safetensors"))  # tied weights (T5's embeddings) stored once
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # our own file, read back with weights_only=True
     (tmp / "meta.json").write_text(json.dumps(meta))
     old = folder.with_name(folder.name + ".old")
@@ -223,7 +223,7 @@ def load_state(folder: Path, modules: dict[str, torch.nn.Module], optimizer) -> 
     if not (folder / "meta.json").is_file() and folder.with_name(folder.name + ".old").is_dir():
         folder = folder.with_name(folder.name + ".old")  # killed between the two renames
     for name, module in modules.items():
-        module.load_state_dict(load_file(folder / f"{name}.safetensors"))
+        load_model(module, str(folder / f"{name}.safetensors"))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     return json.loads((folder / "meta.json").read_text())
 
@@ -290,7 +290,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         row = {"step": step, "minutes": round(minutes, 2), "images": (step - first_step) * cfg.batch_size}
         if cfg.eval_images > 0 and ORACLE_FILE.is_file():  # looked up each time: may be trained alongside
             oracle = load_oracle()
-            pipe = assemble_pipeline(**components)
+            pipe = assemble_sd_pipeline(**components)
             for split in ("seen", "held_out"):
                 scores = oracle_accuracy(pipe, oracle, split=split, n=cfg.eval_images, seed=1000 + step)
                 row.update({f"{split}_{k}": round(v, 4) for k, v in scores.items()})
