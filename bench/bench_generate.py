@@ -20,7 +20,7 @@ import torch
 
 def main() -> None:
     from dreamdist.artifact import load_artifact
-    from dreamdist.backbone import Backbone
+    from dreamdist.backbones import Backbone
     from dreamdist.config import GenerateConfig, TrainConfig
     from dreamdist.generation import generate_images, make_pipeline
     from dreamdist.methods.dreamdistribution import DreamDistributionConfig

@@ -60,7 +60,7 @@ def run_variant(name: str, scale: str, steps: int, batch: int, warmup: int = 2) 
 
 
 def _time_variant(name: str, scale: str, steps: int, batch: int, warmup: int, tmp: Path) -> dict:
-    from dreamdist.backbone import Backbone
+    from dreamdist.backbones import Backbone
     from dreamdist.data import ReferenceSet
     from dreamdist.methods import get_method
     from dreamdist.testing import example_config, save_tiny_pipeline, write_images

@@ -42,7 +42,7 @@ def rates(runs: dict, n: int, repeats: int) -> dict[str, float]:
 def main() -> None:
     from diffusers import StableDiffusionPipeline
 
-    from dreamdist.backbone import pick_device
+    from dreamdist.backbones import pick_device
     from dreamdist.config import TrainConfig
     from dreamdist.evaluation.tiny import save_tiny_clip
     from dreamdist.methods.dreamdistribution import DreamDistributionConfig

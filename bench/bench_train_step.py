@@ -38,7 +38,7 @@ def reference_condition(method, backbone, labels, generator):
 
 
 def build(scale: str, folder: str):
-    from dreamdist.backbone import Backbone
+    from dreamdist.backbones import Backbone
     from dreamdist.testing import save_tiny_pipeline
 
     path = save_tiny_pipeline(folder, **SIZES[scale])

@@ -303,7 +303,7 @@ def parse_product(spec: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dreamdist.backbone import Backbone
+    from dreamdist.backbones import Backbone
     from dreamdist.toyworld.concepts import CONCEPTS, get_concept, render_concept
     from dreamdist.toyworld.oracle import load_oracle
 

@@ -156,7 +156,7 @@ def classify_arm(train_dir: Path, test_dir: Path, args, seed: int) -> dict:
 
 def run_seed(seed: int, args, arms: list[str]) -> dict[str, dict]:
     """Every arm of one seed; cached per (seed, arm) in results-<seed>.json."""
-    from dreamdist.backbone import Backbone
+    from dreamdist.backbones import Backbone
 
     work = Path(args.out) / f"seed{seed}"
     cache = work / "results.json"

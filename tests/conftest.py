@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.testing import save_tiny_pipeline, write_images
 
 # one thread: the CI machine has two cores, and tiny models gain nothing from more

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamdist.backbone import Backbone, BackboneMismatchError
+from dreamdist.backbones import Backbone, BackboneMismatchError
 
 
 @pytest.mark.parametrize("model", ["tiny_model", "tiny_model_v"])

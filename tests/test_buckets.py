@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.config import TrainConfig
 from dreamdist.data import ReferenceSet, bucket_sizes, nearest_bucket
 from dreamdist.methods.dreamdistribution import DreamDistributionConfig
@@ -79,10 +79,8 @@ def test_sdxl_trains_on_batches_of_several_bucket_shapes(sdxl, mixed, tmp_path, 
 
     def spy(cls, *args, **kwargs):
         loaded = original(cls, *args, **kwargs)
-        forward = loaded.unet_forward
-        loaded.unet_forward = lambda noisy, t, features: (
-            sizes.append(tuple(noisy.shape[-2:])) or forward(noisy, t, features)
-        )
+        forward = loaded.denoise
+        loaded.denoise = lambda noisy, t, features: sizes.append(tuple(noisy.shape[-2:])) or forward(noisy, t, features)
         return loaded
 
     monkeypatch.setattr(Backbone, "from_pretrained", classmethod(spy))

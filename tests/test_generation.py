@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dreamdist.artifact import UnsafeFileError, load_artifact
-from dreamdist.backbone import BackboneMismatchError
+from dreamdist.backbones import BackboneMismatchError
 from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.generation import generate
 from dreamdist.methods.dreamdistribution import DreamDistributionConfig

@@ -12,10 +12,11 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from dreamdist.backbones.sdxl import sgm_unet_path
 from dreamdist.cli import main
 from dreamdist.config import TrainConfig
 from dreamdist.methods.dreambooth import DreamBoothConfig
-from dreamdist.methods.finetune import KOHYA_FILE, sgm_unet_path
+from dreamdist.methods.finetune import KOHYA_FILE
 from dreamdist.testing import save_tiny_sdxl_pipeline, write_images
 from dreamdist.training.loop import train
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from dreamdist.artifact import load_artifact
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.cli import main
 from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.generation import generate, generate_images

@@ -72,7 +72,7 @@ def toy_words():
     from pathlib import Path
 
     from dreamdist.artifact import Artifact
-    from dreamdist.backbone import Backbone
+    from dreamdist.backbones import Backbone
 
     backbone = Backbone.from_pretrained("toy", "cpu", "fp32")
     ids = backbone.tokenize(["red circle", "blue star", "green square", "yellow cross"])[:, 1:3]  # (K, M=2)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 
-import diffusers
 import numpy as np
 import pytest
 import torch
@@ -15,13 +14,12 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from PIL import Image
 
 from dreamdist.artifact import load_artifact
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import FAMILIES, Backbone, SDBackbone, SDXLBackbone
 from dreamdist.cli import main
 from dreamdist.config import PIPELINE_NAMES, GenerateConfig, TrainConfig
 from dreamdist.generation import generate
 from dreamdist.methods import sampler_for
 from dreamdist.methods.dreamdistribution import DreamDistributionConfig
-from dreamdist.pipeline import PIPELINES
 from dreamdist.testing import save_tiny_sdxl_pipeline, write_images
 from dreamdist.training.loop import train
 
@@ -114,7 +112,7 @@ def plain_diffusers_image(world, family: str, kind: str, config: GenerateConfig)
     parts = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
     if kind == "controlnet":
         parts["controlnet"] = ControlNetModel.from_pretrained(config.controlnet)
-    pipe = getattr(diffusers, PIPELINES[kind][family == "sdxl"]).from_pretrained(str(model), **parts)
+    pipe = backbone.pipeline_class(kind).from_pretrained(str(model), **parts)
     pipe.set_progress_bar_config(disable=True)
     init, control = Image.open(world["init"]).convert("RGB"), Image.open(world["other"]).convert("RGB")
     call = {
@@ -189,8 +187,10 @@ def test_output_size_manifest_and_request_follow_the_init_image(world, tmp_path)
     assert generate(config, backbone=backbone, overwrite=True).reused == 0
 
 
-def test_pipeline_names_are_the_pipeline_table():
-    assert tuple(PIPELINES) == PIPELINE_NAMES
+def test_pipeline_names_are_the_families_pipeline_tables():
+    for family in FAMILIES:  # every kind a family has is a --pipeline name; SD and SDXL have them all
+        assert set(family.pipelines) <= set(PIPELINE_NAMES)
+    assert tuple(SDBackbone.pipelines) == tuple(SDXLBackbone.pipelines) == PIPELINE_NAMES
 
 
 @pytest.fixture(scope="module")

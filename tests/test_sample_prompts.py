@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.cli import main
 from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.generation import generate

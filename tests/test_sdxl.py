@@ -10,8 +10,7 @@ from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
 from dreamdist.artifact import load_artifact
-from dreamdist.backbone import Backbone, BackboneMismatchError
-from dreamdist.backbone_sdxl import SDXLBackbone
+from dreamdist.backbones import Backbone, BackboneMismatchError, SDXLBackbone
 from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.generation import generate
 from dreamdist.methods import method_names
@@ -101,7 +100,7 @@ def test_sdxl_folder_is_detected_and_encodes_as_the_pipeline_does(sdxl, sdxl_mod
     assert torch.allclose(soft[0], features[0], atol=1e-6) and torch.allclose(soft_pooled[0], pooled[0], atol=1e-6)
 
 
-def test_unet_forward_passes_pooled_embeddings_and_time_ids(sdxl):
+def test_denoise_passes_pooled_embeddings_and_time_ids(sdxl):
     generator = torch.Generator().manual_seed(0)
     noisy, t = torch.randn(2, 4, 16, 16, generator=generator), torch.tensor([10, 500])
     with torch.no_grad():
@@ -110,10 +109,10 @@ def test_unet_forward_passes_pooled_embeddings_and_time_ids(sdxl):
         time_ids = torch.tensor([[32.0, 32, 0, 0, 32, 32]] * 2)  # (orig h, w, crop top, left, target h, w)
         added = {"text_embeds": pooled, "time_ids": time_ids}
         expected = sdxl.unet(noisy, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
-        assert torch.equal(sdxl.unet_forward(noisy, t, features), expected)
+        assert torch.equal(sdxl.denoise(noisy, t, features), expected)
         other = features.clone()
         other[:, -1, :POOL] += 1.0  # the pooled row reaches the UNet
-        assert not torch.allclose(sdxl.unet_forward(noisy, t, other), expected)
+        assert not torch.allclose(sdxl.denoise(noisy, t, other), expected)
 
 
 def test_an_fp16_vae_that_asks_for_upcasting_encodes_in_fp32(sdxl_model):

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from dreamdist.artifact import load_artifact
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone, SDBackbone
 from dreamdist.config import TrainConfig
 from dreamdist.methods.dreamdistribution import DreamDistribution, DreamDistributionConfig
 from dreamdist.testing import write_images
@@ -187,13 +187,13 @@ def test_config_validation_names_the_flag():
 def test_timesteps_span_the_method_default_or_the_given_range(refs, tiny_model, tmp_path, monkeypatch):
     total = Backbone.from_pretrained(str(tiny_model)).scheduler.config.num_train_timesteps
     seen: list[int] = []
-    real = Backbone.unet_forward
+    real = SDBackbone.denoise
 
     def spy(self, noisy, timesteps, hidden):
         seen.extend(timesteps.tolist())
         return real(self, noisy, timesteps, hidden)
 
-    monkeypatch.setattr(Backbone, "unet_forward", spy)
+    monkeypatch.setattr(SDBackbone, "denoise", spy)
     cases = [
         ("mixture", {}, (0.15, 0.7)),
         ("gaussian", {}, (0.0, 1.0)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dreamdist.artifact import load_artifact
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.generation import GenerationResult, generate
 from dreamdist.training.loop import train

@@ -17,7 +17,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "cosine", "linear")
 SCHEDULER_NAMES = ("ddim", "dpm", "euler", "euler-a", "pndm", "ddpm", "unipc")  # generation.SCHEDULERS' keys
 MIX_RULES = ("paper", "public-code")
-PIPELINE_NAMES = ("text2img", "img2img", "inpaint", "controlnet")  # pipeline.PIPELINES' keys
+PIPELINE_NAMES = ("text2img", "img2img", "inpaint", "controlnet")  # the keys of every family's Backbone.pipelines
 
 
 def help_(text: str, **extra) -> dict:

@@ -12,7 +12,7 @@ unless ``overwrite`` (``--overwrite``) is given, which removes what the earlier 
 (``dreamdist.outputs``: one policy for every command).
 
 ``--pipeline img2img | inpaint | controlnet`` hands the same prompt features to the family's
-image-conditioned diffusers pipeline (``dreamdist.pipeline.PIPELINES``); its input files are read
+image-conditioned diffusers pipeline (``Backbone.pipelines``); its input files are read
 (and checked) before the model is loaded, and their contents are part of the request.
 """
 
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from dreamdist.artifact import Artifact, load_artifact
 from dreamdist.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.config import GenerateConfig
 from dreamdist.methods import PromptSampler, get_method, prepare_backbone, sampler_for
 from dreamdist.outputs import GENERATE, check_output, read_record
@@ -40,7 +40,6 @@ from dreamdist.pipeline import (
     SCHEDULERS,
     ImageInputs,
     RenderSettings,
-    assemble_pipeline,
     blocks,
     controlnet_config,
     load_controlnet,
@@ -55,7 +54,6 @@ from dreamdist.prompts import prompt_set
 __all__ = [
     "SCHEDULERS",
     "GenerationResult",
-    "assemble_pipeline",
     "generate",
     "generate_images",
     "image_inputs",

@@ -1,14 +1,14 @@
-"""Prompt embeddings -> images with a diffusers Stable Diffusion pipeline: the low floor that
+"""Prompt embeddings -> images with the backbone family's diffusers pipeline: the low floor that
 generation, the methods (class images, pipeline folders) and synthetic datasets share.
 
-It imports nothing of ours above ``backbone``. The unit of work is a *block*: a list of image
+It imports nothing of ours above ``backbones``. The unit of work is a *block*: a list of image
 indices rendered in one pipeline call. Image ``i`` owns a CPU generator seeded with ``seed(i)``:
 it first draws the image's prompt features (when the sampler draws), then the pipeline draws the
 image's initial latents from it, so an image does not depend on which block it lands in (up to
 the last float bit of batched kernels; the same blocks give the same bits).
 
 Besides text-to-image, the same prompt features drive the image-conditioned pipelines of the
-backbone's family (``PIPELINES``): img2img, inpainting and ControlNet, on SD 1.x/2.x and SDXL.
+backbone's family (``Backbone.pipelines``): img2img, inpainting and ControlNet where it has them.
 ``ImageInputs`` holds their images (already at the output size) and per-call arguments; every
 image of a block gets its own copy of the init image, so each generator draws its own VAE sample.
 """
@@ -25,10 +25,11 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from PIL import Image, ImageOps
 
-from dreamdist.backbone import FAMILY_NAMES, Backbone
+from dreamdist.backbones import Backbone, controlnet_family
+from dreamdist.config import PIPELINE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,6 @@ SCHEDULERS = {
     "unipc": "UniPCMultistepScheduler",
 }
 
-# --pipeline name -> diffusers class of each family (text2img keeps the plain pipelines)
-PIPELINES = {
-    "text2img": ("StableDiffusionPipeline", "StableDiffusionXLPipeline"),
-    "img2img": ("StableDiffusionImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline"),
-    "inpaint": ("StableDiffusionInpaintPipeline", "StableDiffusionXLInpaintPipeline"),
-    "controlnet": ("StableDiffusionControlNetPipeline", "StableDiffusionXLControlNetPipeline"),
-}
 DEFAULT_STRENGTH = {"img2img": 0.8, "inpaint": 1.0}  # diffusers' defaults (inpaint: the masked region from noise)
 
 # (image index, the image's own CPU generator) -> (prompt features (L, d), manifest fields)
@@ -98,13 +92,13 @@ class RenderSettings:
 
 def make_pipeline(
     backbone: Backbone, scheduler: str | None = None, kind: str = "text2img", controlnet=None
-) -> StableDiffusionPipeline:
+) -> DiffusionPipeline:
     """A pipeline over the backbone's modules with a fresh inference scheduler.
 
     The scheduler is always a new object built from the checkpoint's scheduler config (the
     pipeline constructor rewrites some scheduler config values; the training one stays intact).
-    ``kind`` is one of ``PIPELINES`` (the family's diffusers class); ``controlnet`` (a
-    ``ControlNetModel``, see ``load_controlnet``) is required by, and only taken by, ``controlnet``.
+    ``kind`` is one of ``PIPELINE_NAMES`` that the family has (``Backbone.pipelines``); ``controlnet``
+    (a ``ControlNetModel``, see ``load_controlnet``) is required by, and only taken by, ``controlnet``.
     """
     config = dict(backbone.scheduler_config)
     if scheduler is None:
@@ -113,48 +107,13 @@ def make_pipeline(
         class_name = SCHEDULERS[scheduler]
     else:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-    if kind not in PIPELINES:
-        raise ValueError(f"unknown pipeline {kind!r}; choose one of {', '.join(PIPELINES)}")
+    if kind not in PIPELINE_NAMES:
+        raise ValueError(f"unknown pipeline {kind!r}; choose one of {', '.join(PIPELINE_NAMES)}")
+    backbone.check_pipeline(kind)
     if (kind == "controlnet") != (controlnet is not None):
         raise ValueError("a ControlNet model goes with --pipeline controlnet, and that pipeline needs one")
     scheduler_cls = getattr(diffusers, class_name, diffusers.DDIMScheduler)
-    fresh = scheduler_cls.from_config(config)
-    if kind == "text2img":
-        if backbone.family == "sdxl":
-            from dreamdist.backbone_sdxl import assemble_sdxl_pipeline
-
-            return assemble_sdxl_pipeline(backbone, fresh)
-        return assemble_pipeline(backbone.vae, backbone.text_encoder, backbone.tokenizer, backbone.unet, fresh)
-    parts = {"vae": backbone.vae, "text_encoder": backbone.text_encoder, "tokenizer": backbone.tokenizer}
-    parts |= {"unet": backbone.unet, "scheduler": fresh}
-    if controlnet is not None:
-        parts["controlnet"] = controlnet
-    if backbone.family == "sdxl":
-        parts |= {"text_encoder_2": backbone.text_encoder_2, "tokenizer_2": backbone.tokenizer_2}
-        parts |= {"force_zeros_for_empty_prompt": backbone.force_zeros_for_empty_prompt, "add_watermarker": False}
-        if kind != "controlnet":
-            parts["requires_aesthetics_score"] = False  # a base UNet takes 6 size ids, no aesthetic score
-    else:
-        parts |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    pipe = getattr(diffusers, PIPELINES[kind][backbone.family == "sdxl"])(**parts)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` over in-memory components, without safety checker or progress bar."""
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return backbone.assemble_pipeline(kind, scheduler_cls.from_config(config), controlnet)
 
 
 def plain_prompt_sampler(backbone: Backbone, prompt: str) -> Sampler:
@@ -165,7 +124,7 @@ def plain_prompt_sampler(backbone: Backbone, prompt: str) -> Sampler:
 
 
 def render_block(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline,
     backbone: Backbone,
     sampler: Sampler,
     indices: list[int],
@@ -323,8 +282,8 @@ def load_image_inputs(
     controlnet_scale: float | None = None,
 ) -> ImageInputs:
     """Read the files a pipeline kind needs (the mask is resized to the init image when they differ)."""
-    if kind not in PIPELINES:
-        raise ValueError(f"unknown pipeline {kind!r}; choose one of {', '.join(PIPELINES)}")
+    if kind not in PIPELINE_NAMES:
+        raise ValueError(f"unknown pipeline {kind!r}; choose one of {', '.join(PIPELINE_NAMES)}")
     init = read_image(init_image, "--init-image") if kind in ("img2img", "inpaint") else None
     mask_image = read_image(mask, "--mask", mode="L") if kind == "inpaint" else None
     if mask_image is not None and mask_image.size != init.size:
@@ -362,19 +321,21 @@ def controlnet_config(path: str) -> dict:
 def load_controlnet(path: str, backbone: Backbone, allow_pickle: bool = False):
     """A diffusers ``ControlNetModel`` for ``backbone`` (its device and dtype), or one clear error line.
 
-    The ControlNet must be of the backbone's family (SDXL ControlNets take ``text_time`` added
-    conditioning) and base (its cross-attention width is the UNet's: 768 SD 1.x, 1024 SD 2.x).
+    The ControlNet must be of the backbone's family (``Backbone.recognises_controlnet``; SDXL
+    ControlNets take ``text_time`` added conditioning) and base (its cross-attention width is the
+    denoiser's: 768 SD 1.x, 1024 SD 2.x).
     """
     from diffusers import ControlNetModel
 
+    backbone.check_pipeline("controlnet")
     config = controlnet_config(path)
-    family = "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
-    if family != backbone.family:
+    family = controlnet_family(config)
+    if family.name != backbone.family:
         raise ValueError(
-            f"--controlnet {path} is an {FAMILY_NAMES[family]} ControlNet, but {backbone.model_id!r} is an "
-            f"{FAMILY_NAMES[backbone.family]} backbone; use a ControlNet trained for {FAMILY_NAMES[backbone.family]}"
+            f"--controlnet {path} is an {family.display_name} ControlNet, but {backbone.model_id!r} is an "
+            f"{backbone.display_name} backbone; use a ControlNet trained for {backbone.display_name}"
         )
-    theirs, ours = config.get("cross_attention_dim"), backbone.unet.config.cross_attention_dim
+    theirs, ours = config.get("cross_attention_dim"), backbone.denoiser.config.cross_attention_dim
     if json.dumps(theirs) != json.dumps(ours):
         raise ValueError(
             f"--controlnet {path} was trained for a base with cross_attention_dim={theirs}, but the UNet of "

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 
 
 @dataclass

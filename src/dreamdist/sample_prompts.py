@@ -94,7 +94,7 @@ def sample_prompts(config: SamplePromptsConfig, backbone=None) -> Path:
 
     from dreamdist.artifact import load_artifact
     from dreamdist.atomic import atomic_write_bytes
-    from dreamdist.backbone import Backbone
+    from dreamdist.backbones import Backbone
     from dreamdist.methods import get_method, prepare_backbone, sampler_for
 
     artifact = load_artifact(config.artifact, config.allow_pickle)

@@ -34,7 +34,7 @@ def nearest_words(backbone, vectors: torch.Tensor, top_k: int = 5) -> list[list[
     """The ``top_k`` readable vocabulary entries nearest (cosine) to each learned token, averaged over prompts.
 
     Args:
-        backbone: a ``dreamdist.backbone.Backbone`` (its first tokenizer names the rows).
+        backbone: a ``dreamdist.backbones.Backbone`` (its first tokenizer names the rows).
         vectors: (K, M, d_tok) learned embeddings of one concept.
     Returns:
         M lists of ``top_k`` (text, cosine) pairs, best first.

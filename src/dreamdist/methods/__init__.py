@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dreamdist.artifact import Artifact
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.config import GenerateConfig
 from dreamdist.data import ReferenceSet
 

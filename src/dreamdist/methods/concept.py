@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from dreamdist.artifact import Artifact
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.config import GenerateConfig
 from dreamdist.methods import PromptSampler
 

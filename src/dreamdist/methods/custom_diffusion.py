@@ -4,6 +4,7 @@ and a modifier token embedding; optional prior preservation (shared with DreamBo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from dreamdist.artifact import Artifact
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone, family_of_pipeline
 from dreamdist.config import help_
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Conditioning, Method, PriorBatch
@@ -63,10 +64,13 @@ class CustomDiffusionConfig:
 KV_KEYS = ("to_k_custom_diffusion.weight", "to_v_custom_diffusion.weight")
 
 
-def install_processors(unet: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
-    """Give every attention layer a Custom Diffusion processor: cross-attention (``attn2``) ones
-    train K/V (initialised from the layer's own ``to_k``/``to_v``, or loaded from ``weights``, keyed as
-    diffusers' ``pytorch_custom_diffusion_weights``); self-attention ones train nothing.
+def install_processors(
+    denoiser: nn.Module, is_cross_attention: Callable[[str], bool], weights: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Give every attention layer a Custom Diffusion processor: text cross-attention ones (the family's
+    ``Backbone.is_cross_attention``, SD's ``attn2``) train K/V (initialised from the layer's own
+    ``to_k``/``to_v``, or loaded from ``weights``, keyed as diffusers' ``pytorch_custom_diffusion_weights``);
+    self-attention ones train nothing.
 
     Uses ``CustomDiffusionAttnProcessor2_0``: ``CustomDiffusionAttnProcessor`` with PyTorch's fused
     attention (same weights and state-dict keys, less memory).
@@ -74,9 +78,9 @@ def install_processors(unet: nn.Module, weights: dict[str, torch.Tensor] | None 
     from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0 as Processor
 
     processors = {}
-    for name in unet.attn_processors:  # "...attn2.processor"
-        attn = unet.get_submodule(name.rsplit(".", 1)[0])
-        if not name.endswith("attn2.processor"):
+    for name in denoiser.attn_processors:  # "...attn2.processor"
+        attn = denoiser.get_submodule(name.rsplit(".", 1)[0])
+        if not is_cross_attention(name):
             processors[name] = Processor(train_kv=False, train_q_out=False, hidden_size=attn.to_k.out_features)
             continue
         processor = Processor(
@@ -96,19 +100,21 @@ def install_processors(unet: nn.Module, weights: dict[str, torch.Tensor] | None 
                     "load them onto the model they were trained on"
                 )
             processor.load_state_dict({k: weights[f"{name}.{k}"] for k in KV_KEYS})
-        processors[name] = processor.to(unet.device)
-    unet.set_attn_processor(processors)
+        processors[name] = processor.to(denoiser.device)
+    denoiser.set_attn_processor(processors)
 
 
 def load_custom_diffusion(pipe, folder: str | Path, weight_name: str = WEIGHTS_FILE) -> None:
-    """Load a diffusers Custom Diffusion weights file into ``pipe.unet``.
+    """Load a diffusers Custom Diffusion weights file into ``pipe.unet`` (the pipeline's denoiser).
 
     The same file ``pipe.unet.load_attn_procs(folder, weight_name=...)`` is meant to read; in diffusers
     0.42 that call builds the processors but never installs them (huggingface/diffusers#9320).
     """
     from safetensors.torch import load_file
 
-    install_processors(pipe.unet, load_file(str(Path(folder) / weight_name)))
+    family = family_of_pipeline(pipe)
+    denoiser = getattr(pipe, family.denoiser_name)
+    install_processors(denoiser, family.is_cross_attention, load_file(str(Path(folder) / weight_name)))
 
 
 class CustomDiffusion(Method):
@@ -134,12 +140,12 @@ class CustomDiffusion(Method):
             with torch.no_grad():
                 self.class_hidden = backbone.encode_ids(self.prior.ids)  # (1, L, d)
         self.tokens = PlaceholderTokens(backbone, cfg.modifier_token, 1, cfg.init_word)
-        install_processors(backbone.unet)
-        self.params = named_trainables({"unet": backbone.unet})  # the attn2 processors' K/V only
+        install_processors(backbone.denoiser, backbone.is_cross_attention)
+        self.params = named_trainables({backbone.denoiser_name: backbone.denoiser})  # cross-attention K/V only
         self.instance_ids = backbone.tokenize([cfg.instance_prompt.replace("{}", cfg.concept)])  # (1, L)
 
     def trainable_modules(self) -> list[nn.Module]:
-        return [self.tokens, self.backbone.unet]
+        return [self.tokens, self.backbone.denoiser]
 
     def condition(
         self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator, indices: torch.Tensor | None = None
@@ -184,7 +190,7 @@ class CustomDiffusion(Method):
         verbosity = diffusers.utils.logging.get_verbosity()
         diffusers.utils.logging.set_verbosity_error()  # it warns that the empty self-attention entries are skipped
         try:
-            backbone.unet.save_attn_procs(str(folder), weight_name=WEIGHTS_FILE, safe_serialization=True)
+            backbone.denoiser.save_attn_procs(str(folder), weight_name=WEIGHTS_FILE, safe_serialization=True)
         finally:
             diffusers.utils.logging.set_verbosity(verbosity)
         save_learned_embeds(folder / token_file, self.config.modifier_token, self.tokens.vectors, backbone)
@@ -202,4 +208,6 @@ def prepare(backbone: Backbone, artifacts: list[Artifact]) -> None:
     for artifact in artifacts:
         tensors = artifact.tensors
         install_tokens(backbone, artifact.meta["method_config"]["modifier_token"], tensors["token_embeds"])
-        install_processors(backbone.unet, {k[len("unet.") :]: v for k, v in tensors.items() if k.startswith("unet.")})
+        prefix = f"{backbone.denoiser_name}."
+        weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        install_processors(backbone.denoiser, backbone.is_cross_attention, weights)

@@ -10,15 +10,13 @@ import torch
 from torch import nn
 
 from dreamdist.artifact import Artifact
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.config import help_
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Conditioning, Method, PriorBatch
 from dreamdist.methods.finetune import (
     KOHYA_FILE,
     PIPELINE_DIR,
-    TEXT_LORA_TARGETS,
-    UNET_LORA_TARGETS,
     add_lora,
     kohya_state,
     load_lora,
@@ -30,7 +28,6 @@ from dreamdist.methods.finetune import (
     named_trainables,
     save_pipeline,
     state_of,
-    text_encoders,
 )
 from dreamdist.methods.prior import ClassPrior, prior_from_config
 
@@ -119,13 +116,14 @@ class DreamBooth(Method):
     ) -> None:
         cfg = self.config
         self.backbone = backbone
+        if cfg.export is not None and not backbone.kohya_prefixes:
+            raise ValueError(f"--export {cfg.export}: there is no kohya LoRA format for {backbone.display_name}")
         # from the frozen model, before anything changes
         self.prior = prior_from_config(backbone, run_dir, cfg, data.size)
         modules = self._modules()
         for name, module in modules.items():
-            targets = UNET_LORA_TARGETS if name == "unet" else TEXT_LORA_TARGETS
             if cfg.lora:
-                add_lora(module, lora_config(cfg.rank, cfg.alpha, targets), generator)
+                add_lora(module, lora_config(cfg.rank, cfg.alpha, backbone.lora_targets[name]), generator)
             else:
                 make_trainable(module)
         self.params = named_trainables(modules)
@@ -159,8 +157,10 @@ class DreamBooth(Method):
         load_state(self.params, tensors)
 
     def _modules(self) -> dict[str, nn.Module]:
-        """The trained modules by pipeline name: the UNet [+ every text encoder (SDXL: both)]."""
-        return {"unet": self.backbone.unet, **(text_encoders(self.backbone) if self.config.train_text_encoder else {})}
+        """The trained modules by pipeline name: the denoiser [+ every text encoder (SDXL: both)]."""
+        backbone = self.backbone
+        encoders = backbone.named_text_encoders if self.config.train_text_encoder else {}
+        return {backbone.denoiser_name: backbone.denoiser, **encoders}
 
     def artifact(self, backbone: Backbone) -> tuple[dict[str, torch.Tensor], dict]:
         """LoRA: the adapter weights (peft keys); full fine-tuning: none here, the weights are in ``pipeline/``."""
@@ -176,7 +176,6 @@ class DreamBooth(Method):
         if not self.config.lora:
             save_pipeline(backbone, folder)
             return {"diffusers": {"pipeline": PIPELINE_DIR}}
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
@@ -186,8 +185,7 @@ class DreamBooth(Method):
                 get_peft_model_state_dict(module, save_embedding_layers=False)
             )
             metadata[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
-        pipeline_cls = StableDiffusionXLPipeline if backbone.family == "sdxl" else StableDiffusionPipeline
-        pipeline_cls.save_lora_weights(
+        backbone.pipeline_class("text2img").save_lora_weights(
             str(folder), weight_name=LORA_FILE, safe_serialization=True, **layers, **metadata
         )
         exported = {"diffusers": {"lora": LORA_FILE, "family": backbone.family}}
@@ -196,7 +194,7 @@ class DreamBooth(Method):
 
             from dreamdist.atomic import atomic_write_bytes
 
-            state = kohya_state(self._modules(), backbone.family, self.config.alpha)
+            state = kohya_state(self._modules(), backbone, self.config.alpha)
             info = {"ss_network_module": "networks.lora", "ss_network_dim": str(self.config.rank)}
             info["ss_network_alpha"] = str(self.config.alpha)
             atomic_write_bytes(folder / KOHYA_FILE, save(state, metadata=info))
@@ -215,5 +213,4 @@ def prepare(backbone: Backbone, artifacts: list[Artifact]) -> None:
         for name in trained:
             prefix = f"{name}."
             tensors = {k[len(prefix) :]: v for k, v in artifact.tensors.items() if k.startswith(prefix)}
-            targets = UNET_LORA_TARGETS if name == "unet" else TEXT_LORA_TARGETS
-            load_lora(getattr(backbone, name), lora_config(cfg.rank, cfg.alpha, targets), tensors)
+            load_lora(getattr(backbone, name), lora_config(cfg.rank, cfg.alpha, backbone.lora_targets[name]), tensors)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dreamdist.artifact import Artifact
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.config import GenerateConfig, help_
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Conditioning, Method

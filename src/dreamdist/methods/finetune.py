@@ -8,23 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 
 PIPELINE_DIR = "pipeline"
-UNET_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # diffusers' DreamBooth-LoRA script
-TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 KOHYA_FILE = "lora_kohya.safetensors"
-# pipeline module name -> kohya key prefix, per family (SDXL numbers its two text encoders)
-KOHYA_PREFIXES = {
-    "sd": {"unet": "lora_unet", "text_encoder": "lora_te"},
-    "sdxl": {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"},
-}
-
-
-def text_encoders(backbone: Backbone) -> dict[str, nn.Module]:
-    """The backbone's text encoders by pipeline name (``text_encoder``, SDXL also ``text_encoder_2``)."""
-    names = ["text_encoder", "text_encoder_2"]
-    return dict(zip(names, backbone.text_encoders))
 
 
 def named_trainables(modules: dict[str, nn.Module]) -> dict[str, nn.Parameter]:
@@ -101,44 +88,19 @@ def load_lora(module: nn.Module, config, tensors: dict[str, torch.Tensor]) -> No
         )
 
 
-def sgm_unet_path(path: str, layers_per_block: int) -> str:
-    """A diffusers UNet attention module path -> the original (SGM/LDM) one kohya uses for SDXL.
-
-    ``down_blocks.i.attentions.j.X`` -> ``input_blocks.{1 + i (n + 1) + j}.1.X``, ``mid_block.attentions.0.X``
-    -> ``middle_block.1.X``, ``up_blocks.i.attentions.j.X`` -> ``output_blocks.{i (n + 1) + j}.1.X``
-    (n = layers per block; the names inside a transformer block are the same in both layouts).
-    """
-    parts = path.split(".")
-    step = layers_per_block + 1  # each level: n resnets (+1 in the up path) and a down/upsampler
-    if parts[0] == "down_blocks" and parts[2] == "attentions":
-        return ".".join(["input_blocks", str(1 + int(parts[1]) * step + int(parts[3])), "1", *parts[4:]])
-    if parts[0] == "mid_block" and parts[1] == "attentions":
-        return ".".join(["middle_block", "1", *parts[3:]])
-    if parts[0] == "up_blocks" and parts[2] == "attentions":
-        return ".".join(["output_blocks", str(int(parts[1]) * step + int(parts[3])), "1", *parts[4:]])
-    raise ValueError(f"no kohya name for UNet module {path!r} (LoRA on attention layers only)")
-
-
-def kohya_state(modules: dict[str, nn.Module], family: str, alpha: float) -> dict[str, torch.Tensor]:
+def kohya_state(modules: dict[str, nn.Module], backbone: Backbone, alpha: float) -> dict[str, torch.Tensor]:
     """LoRA adapters in the kohya / A1111 / ComfyUI layout.
 
-    Per adapted layer ``<prefix>_<module path with '_'>``: ``.lora_down.weight`` (peft's A, (r, in)),
-    ``.lora_up.weight`` (B, (out, r)) and ``.alpha`` (a scalar; the scale is alpha / r). UNet paths are
-    diffusers' on SD 1.x/2.x (as kohya's SD scripts write them) and the original SGM ones on SDXL.
+    Per adapted layer ``<prefix>_<module path with '_'>`` (the family's names, ``Backbone.kohya_name``):
+    ``.lora_down.weight`` (peft's A, (r, in)), ``.lora_up.weight`` (B, (out, r)) and ``.alpha`` (a
+    scalar; the scale is alpha / r).
     """
-    prefixes = KOHYA_PREFIXES[family]
     out: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
-        blocks = getattr(module.config, "layers_per_block", None) if name == "unet" else None
-        sgm = family == "sdxl" and isinstance(blocks, int)
         for path, layer in module.named_modules():  # full module paths (text_model.encoder..., down_blocks...)
             if not hasattr(layer, "lora_A") or "default" not in layer.lora_A:
                 continue
-            if name != "unet" and not path.startswith("text_model."):
-                path = f"text_model.{path}"  # transformers 5 CLIP models have no text_model wrapper; kohya's keys do
-            elif sgm:
-                path = sgm_unet_path(path, blocks)
-            stem = f"{prefixes[name]}_{path.replace('.', '_')}"
+            stem = backbone.kohya_name(name, path)
             out[f"{stem}.lora_down.weight"] = layer.lora_A["default"].weight.detach().float().cpu().contiguous()
             out[f"{stem}.lora_up.weight"] = layer.lora_B["default"].weight.detach().float().cpu().contiguous()
             out[f"{stem}.alpha"] = torch.tensor(float(alpha))
@@ -146,7 +108,7 @@ def kohya_state(modules: dict[str, nn.Module], family: str, alpha: float) -> dic
 
 
 def save_pipeline(backbone: Backbone, folder: Path) -> Path:
-    """The backbone as a diffusers pipeline folder (``StableDiffusionPipeline`` or, on SDXL, ``...XLPipeline``)."""
+    """The backbone as a diffusers pipeline folder (the family's text-to-image pipeline)."""
     from dreamdist.pipeline import make_pipeline
 
     path = folder / PIPELINE_DIR
@@ -155,24 +117,17 @@ def save_pipeline(backbone: Backbone, folder: Path) -> Path:
 
 
 def load_pipeline_weights(backbone: Backbone, folder: Path, modules: list[str]) -> None:
-    """Copy the weights of ``modules`` (``unet``, ``text_encoder``) from a saved pipeline folder into
-    the backbone, keeping its device and dtype. Tokens added to the saved tokenizer must already be
-    in the backbone's (the caller installs them first)."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
+    """Copy the weights of ``modules`` (pipeline-module names: ``unet``, ``text_encoder``) from a saved
+    pipeline folder into the backbone, keeping its device and dtype; each is read with the class of
+    the backbone's own module. Tokens added to the saved tokenizer must already be in the backbone's
+    (the caller installs them first)."""
     path = folder / PIPELINE_DIR
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
             f"{path} is missing: the artifact's fine-tuned weights live there; copy the whole run folder"
         )
-    classes = {
-        "unet": UNet2DConditionModel,
-        "text_encoder": CLIPTextModel,
-        "text_encoder_2": CLIPTextModelWithProjection,
-    }
     for name in modules:
         target = getattr(backbone, name)
-        loaded = classes[name].from_pretrained(str(path), subfolder=name, use_safetensors=True)
+        loaded = type(target).from_pretrained(str(path), subfolder=name, use_safetensors=True)
         target.load_state_dict(loaded.state_dict())
         del loaded

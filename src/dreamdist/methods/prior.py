@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from dreamdist.atomic import atomic_write_json
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.data import image_to_tensor, resize_center_crop
 
 CLASS_DIR = "class_images"

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dreamdist.artifact import atomic_save_safetensors
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 
 
 def vector_names(token: str, num_vectors: int) -> list[str]:
@@ -130,16 +130,13 @@ def save_learned_embeds(path: Path, token: str, vectors: torch.Tensor, backbone:
     """Write ``{token: (N, d_tok)}`` as diffusers' textual-inversion script does (safetensors).
 
     Loads with ``pipe.load_textual_inversion(path)`` (token name from the file) or
-    ``pipe.load_textual_inversion(path, token=...)``. On SDXL the file holds ``clip_l`` (N, d_tok1)
-    and ``clip_g`` (N, d_tok2), the layout diffusers, ComfyUI and A1111 read: load each part into its
-    encoder (``load_textual_inversion(file["clip_l"], token=..., text_encoder=pipe.text_encoder,
+    ``pipe.load_textual_inversion(path, token=...)``. The backbone's family sets the layout
+    (``Backbone.token_file_tensors``): on SDXL the file holds ``clip_l`` (N, d_tok1) and ``clip_g``
+    (N, d_tok2), the layout diffusers, ComfyUI and A1111 read: load each part into its encoder
+    (``load_textual_inversion(file["clip_l"], token=..., text_encoder=pipe.text_encoder,
     tokenizer=pipe.tokenizer)``, and ``clip_g`` with ``text_encoder_2`` / ``tokenizer_2``).
     """
     vectors = vectors.detach().float().cpu()
-    if backbone is not None and backbone.family == "sdxl":
-        clip_l, clip_g = backbone.token_parts(vectors)
-        tensors = {"clip_l": clip_l.contiguous(), "clip_g": clip_g.contiguous()}
-    else:
-        tensors = {token: vectors}
+    tensors = {token: vectors} if backbone is None else backbone.token_file_tensors(token, vectors)
     atomic_save_safetensors(tensors, path, {"format": "pt"})
     return path

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dreamdist.artifact import Artifact
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.config import help_
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Conditioning, Method
@@ -89,15 +89,15 @@ class TwoStage(Method):
         cfg = self.config
         self.backbone = backbone
         self.tokens = PlaceholderTokens(backbone, cfg.token, 1, cfg.init_word or cfg.class_noun)
-        make_trainable(backbone.unet)
-        self.unet_params = named_trainables({"unet": backbone.unet})
+        make_trainable(backbone.denoiser)
+        self.denoiser_params = named_trainables({backbone.denoiser_name: backbone.denoiser})
         self.ids = backbone.tokenize([cfg.instance_prompt.replace("{}", cfg.concept)])  # (1, L)
         self._enter(1)
 
     def _enter(self, stage: int) -> None:
         """Switch which parameters receive gradients (the optimizer skips those without)."""
         self.tokens.vectors.requires_grad_(stage == 1)
-        self.backbone.unet.requires_grad_(stage == 2)
+        self.backbone.denoiser.requires_grad_(stage == 2)
         if stage == 2:  # the prompt no longer changes: encode it once
             self.tokens.sync(self.backbone)
             with torch.no_grad():
@@ -122,11 +122,11 @@ class TwoStage(Method):
         """Stage 1's token row at its own learning rate; the UNet at ``learning_rate``."""
         return [
             {"params": [self.tokens.vectors], "lr": self.config.stage1_learning_rate},
-            {"params": list(self.unet_params.values()), "lr": learning_rate},
+            {"params": list(self.denoiser_params.values()), "lr": learning_rate},
         ]
 
     def trainable_modules(self) -> list[nn.Module]:
-        return [self.tokens, self.backbone.unet]
+        return [self.tokens, self.backbone.denoiser]
 
     def condition(
         self, backbone: Backbone, labels: torch.Tensor, generator: torch.Generator, indices: torch.Tensor | None = None
@@ -143,7 +143,7 @@ class TwoStage(Method):
         """The stage, the token row, and (stage 2 only: before it the UNet is the frozen one) the UNet."""
         tensors = {"stage": torch.tensor([self.stage]), "token_embeds": self.tokens.vectors.detach().float().cpu()}
         if self.stage == 2:
-            tensors.update(state_of(self.unet_params))
+            tensors.update(state_of(self.denoiser_params))
         return tensors
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -151,7 +151,7 @@ class TwoStage(Method):
             self.tokens.vectors.copy_(tensors["token_embeds"])
         self.tokens.sync(self.backbone)
         if int(tensors["stage"]) == 2:
-            load_state(self.unet_params, tensors)
+            load_state(self.denoiser_params, tensors)
             self._enter(2)
 
     def artifact(self, backbone: Backbone) -> tuple[dict[str, torch.Tensor], dict]:
@@ -162,7 +162,7 @@ class TwoStage(Method):
             "concept": cfg.concept,
             "token_names": {cfg.token: self.tokens.names},
             "pipeline": PIPELINE_DIR,
-            "trained": ["unet"],
+            "trained": [backbone.denoiser_name],
         }
         return {"token_embeds": self.tokens.vectors.detach().float().cpu()}, meta
 

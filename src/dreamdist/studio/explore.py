@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from dreamdist.artifact import load_artifact
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone
 from dreamdist.config import GenerateConfig
 from dreamdist.generation import generate
 from dreamdist.methods import get_method

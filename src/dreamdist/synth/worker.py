@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dreamdist.artifact import load_artifact
-from dreamdist.backbone import Backbone, pick_device
+from dreamdist.backbones import Backbone, pick_device
 from dreamdist.generation import png_bytes
 from dreamdist.methods import sampler_for
 from dreamdist.pipeline import RenderSettings, make_pipeline, render_block

@@ -219,7 +219,7 @@ def run_demo(
         {"concept", "reports": {setting: report dict}, "knob": ``knob_table`` rows, "verdict", "figure",
         "run_dir", "seconds"}.
     """
-    from dreamdist.backbone import Backbone
+    from dreamdist.backbones import Backbone
 
     settings = QUICK if quick else FULL
     out = Path(out_dir)

