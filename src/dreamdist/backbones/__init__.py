@@ -42,7 +42,6 @@ __all__ = [
     "SDXLBackbone",
     "controlnet_family",
     "detect_family",
-    "display_name",
     "embedding_fingerprint",
     "family_class",
     "family_of_model",
@@ -60,11 +59,6 @@ def family_class(name: str) -> type[Backbone]:
         if family.name == name:
             return family
     raise ValueError(f"unknown backbone family {name!r}; known: {', '.join(FAMILY_NAMES)}")
-
-
-def display_name(name: str) -> str:
-    """A family's display name, or its recorded name when no registered family has it."""
-    return FAMILY_NAMES.get(name, name)
 
 
 def detect_family(path: str) -> str:

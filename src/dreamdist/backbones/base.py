@@ -401,12 +401,12 @@ class Backbone:
 
     def check_compatible(self, identity: dict, probe: torch.Tensor | None, what: str) -> None:
         """Raise ``BackboneMismatchError`` if ``what`` (an artifact) was made on another backbone."""
-        from dreamdist.backbones import display_name
+        from dreamdist.backbones import FAMILY_NAMES
 
         mine = self.identity()
         family = identity.get("family", "sd")  # artifacts from before SDXL support are SD 1.x/2.x
         if family != self.family:
-            theirs = display_name(family)
+            theirs = FAMILY_NAMES.get(family, family)
             raise BackboneMismatchError(
                 f"{what} was trained on an {theirs} backbone ({identity.get('model_id')!r}), "
                 f"but {self.model_id!r} is an {self.display_name} backbone. "
