@@ -21,12 +21,15 @@ _EXPORTS = {
         name: "metrics"
         for name in (
             "clip_t",
+            "cmmd",
             "frechet_distance",
             "frechet_distance_from_stats",
             "gaussian_stats",
+            "kernel_inception_distance",
             "knn_radii",
             "manifold_metrics",
             "mean_cosine_similarity",
+            "vendi_score",
         )
     },
 }

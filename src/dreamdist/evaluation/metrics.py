@@ -10,6 +10,12 @@ Conventions, and where they differ from reference libraries:
   from eigenvalues of a symmetric matrix (or singular values of A1 A2^T for small sets) instead of
   ``scipy.linalg.sqrtm`` of the non-symmetric product: the same value, no complex round-off, and
   exact for singular covariances (fewer images than feature dimensions).
+- FD-DINOv2 (Stein et al. 2023) is ``frechet_distance`` on DINOv2 features: no function of its own.
+- KID: the unbiased MMD^2 estimator of Binkowski et al.'s reference code (cross term over m^2
+  pairs) on subsets of equal size m = min(subset_size, N1, N2), drawn without replacement.
+- CMMD: the biased (full-matrix, V-statistic) MMD^2 of the "Rethinking FID" reference code.
+- Vendi: eigenvalues of the d x d Gram when d < N instead of the N x N kernel (same non-zero
+  eigenvalues); the ``vendi-score`` package's ``score_dual`` does the same.
 - Density / coverage / precision / recall (Naeem et al., 2020): the k-NN ball is closed
   (``||y - x|| <= r``) by default; the ``prdc`` package uses an open ball (``<``). Both are
   offered (``boundary="inclusive" | "exclusive"``); they differ only for points exactly on a ball's
@@ -18,6 +24,8 @@ Conventions, and where they differ from reference libraries:
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -29,6 +37,9 @@ __all__ = [
     "clip_t",
     "knn_radii",
     "manifold_metrics",
+    "vendi_score",
+    "kernel_inception_distance",
+    "cmmd",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -339,3 +350,166 @@ def manifold_metrics(
     if fake_r2 is not None:
         result["recall"] = float(recalled.double().mean())
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Vendi score (Friedman & Dieng 2023): diversity of one set, no reference needed
+
+
+def _renyi_entropy(p: torch.Tensor, q: float) -> torch.Tensor:
+    """Order-q Renyi entropy (nats) of a probability vector ``p`` (K,); zeros are dropped (0 log 0 = 0)."""
+    p = p[p > 0]
+    if q == 1:
+        return -(p * p.log()).sum()  # Shannon
+    if math.isinf(q):
+        return -p.max().log()
+    return p.pow(q).sum().log() / (1 - q)
+
+
+def vendi_score(features: torch.Tensor, q: float = 1.0, route: str = "auto") -> float:
+    """Vendi score: the effective number of distinct rows under the cosine-similarity kernel.
+
+    ``VS_q = exp(H_q(lambda))`` with ``lambda`` the eigenvalues of ``K / N``, ``K_ij = cos(x_i, x_j)``
+    (so ``sum(lambda) = tr(K) / N = 1``) and ``H_q`` the order-q Renyi entropy: q = 1 Shannon
+    (the paper's default), q = inf ``-log max(lambda)``, else ``log(sum lambda^q) / (1 - q)``.
+    Ranges from 1 (all rows parallel) to N (all rows orthogonal).
+
+    With X the (N, d) unit rows, ``K / N = X X^T / N`` and ``X^T X / N`` (d, d) have the same
+    non-zero eigenvalues (those of a product AB and BA), so when d < N the (d, d) Gram is
+    decomposed instead: O(N d^2 + d^3) rather than O(N^2 d + N^3). Eigenvalues below round-off
+    (d * eps * the largest) count as 0.
+
+    Args:
+        features: (N, d) features, N >= 1, no all-zero row.
+        q: order of the entropy, >= 0 (``math.inf`` allowed).
+        route: ``"auto"`` (the smaller matrix), ``"kernel"`` (N, N) or ``"gram"`` (d, d).
+
+    Returns:
+        The score, in [1, min(N, d)].
+    """
+    if not (isinstance(q, (int, float)) and q >= 0):
+        raise ValueError(f"q (the order of the Vendi score's entropy) must be a number >= 0 or math.inf; got {q!r}")
+    if route not in ("auto", "kernel", "gram"):
+        raise ValueError(f"route must be 'auto', 'kernel' or 'gram'; got {route!r}")
+    x = _unit_rows(_as_features(features, "features", min_rows=1, why="a Vendi score"), "features")  # (N, d)
+    n, d = x.shape
+    gram = route == "gram" or (route == "auto" and d < n)
+    similarity = x.T @ x / n if gram else x @ x.T / n  # (d, d) or (N, N), same non-zero eigenvalues
+    eigenvalues = _clip_round_off(torch.linalg.eigvalsh((similarity + similarity.T) / 2))
+    return float(_renyi_entropy(eigenvalues, float(q)).exp())
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel MMDs: KID (Binkowski et al. 2018) and CMMD (Jayasumana et al. 2024)
+
+
+def _polynomial_mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, degree: int, gamma: float, coef0: float) -> float:
+    """Unbiased MMD^2 of two equal-size sets x, y (m, d) with ``k(a, b) = (gamma a.b + coef0)^degree``.
+
+    As Binkowski et al.'s reference code (``mmd_est="unbiased"``): within-set sums leave out the
+    diagonal (m (m - 1) pairs), the cross sum keeps all m^2 pairs.
+    """
+    m = x.shape[0]
+    k_xx = (x @ x.T * gamma + coef0).pow(degree)  # (m, m)
+    k_yy = (y @ y.T * gamma + coef0).pow(degree)  # (m, m)
+    k_xy = (x @ y.T * gamma + coef0).pow(degree)  # (m, m)
+    within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
+    return float(within - 2 * k_xy.sum() / (m * m))
+
+
+def kernel_inception_distance(
+    real: torch.Tensor,
+    generated: torch.Tensor,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[float, float]:
+    """KID: unbiased MMD^2 with the polynomial kernel ``(x.y / d + 1)^3``, averaged over random subsets.
+
+    For each of ``subsets`` draws, m = min(subset_size, N1, N2) rows of each set are taken without
+    replacement (``torch.randperm(N)[:m]``, real first, then generated) and the unbiased MMD^2 of
+    the pair is computed; KID is their mean (Binkowski et al. 2018, "Demystifying MMD GANs", and
+    their reference code ``polynomial_mmd_averages``). Unbiased: it can be slightly negative for
+    two samples of one distribution. Usually computed on Inception pool features (like FID) and
+    often quoted x 1000.
+
+    Args:
+        real: (N1, d) reference features, N1 >= 2.
+        generated: (N2, d) generated features, N2 >= 2.
+        subsets: number of random subset pairs.
+        subset_size: rows per subset (capped at the smaller set).
+        degree, gamma, coef0: kernel ``(gamma x.y + coef0)^degree``; gamma None means 1 / d.
+        generator: torch CPU generator for the subsets; None uses a fresh one seeded with 0, so
+            the same features always give the same numbers.
+
+    Returns:
+        (mean, std) over subsets (std with ddof = 0, as the reference code).
+    """
+    x = _as_features(real, "real features", min_rows=2, why="KID (an unbiased MMD)")
+    y = _as_features(generated, "generated features", min_rows=2, why="KID (an unbiased MMD)")
+    _same_width(x, y, "real and generated features")
+    if not isinstance(subsets, int) or subsets < 1:
+        raise ValueError(f"subsets must be a positive integer; got {subsets!r}")
+    if not isinstance(subset_size, int) or subset_size < 2:
+        raise ValueError(f"subset_size must be an integer >= 2 (an unbiased MMD needs pairs); got {subset_size!r}")
+    if not isinstance(degree, int) or degree < 1:
+        raise ValueError(f"degree must be a positive integer; got {degree!r}")
+    gamma = 1.0 / x.shape[1] if gamma is None else float(gamma)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    m = min(subset_size, x.shape[0], y.shape[0])
+    estimates = torch.empty(subsets, dtype=torch.float64)
+    for s in range(subsets):
+        rows_x = torch.randperm(x.shape[0], generator=generator)[:m].to(x.device)  # (m,)
+        rows_y = torch.randperm(y.shape[0], generator=generator)[:m].to(y.device)  # (m,)
+        estimates[s] = _polynomial_mmd2_unbiased(x[rows_x], y[rows_y], degree, gamma, coef0)
+    return float(estimates.mean()), float(estimates.std(unbiased=False))
+
+
+def _rbf_kernel_mean(a: torch.Tensor, b: torch.Tensor, gamma: float, chunk_size: int) -> torch.Tensor:
+    """Mean of ``exp(-gamma ||a_i - b_j||^2)`` over all (A, B) pairs, in blocks of ``chunk_size`` rows of a."""
+    b_sq = b.square().sum(dim=1)  # (B,)
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    for start in range(0, a.shape[0], chunk_size):
+        total += _squared_distances(a[start : start + chunk_size], b, b_sq).mul_(-gamma).exp_().sum()  # (c, B)
+    return total / (a.shape[0] * b.shape[0])
+
+
+def cmmd(
+    real: torch.Tensor,
+    generated: torch.Tensor,
+    sigma: float = 10.0,
+    scale: float = 1000.0,
+    normalize: bool = True,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> float:
+    """CMMD: MMD^2 with a Gaussian RBF kernel on unit-normalised CLIP image embeddings, times 1000.
+
+    ``scale * (mean k(x, x') + mean k(y, y') - 2 mean k(x, y))`` with
+    ``k(a, b) = exp(-||a - b||^2 / (2 sigma^2))``, sigma = 10, means over all pairs including
+    i = j: the biased (V-statistic) estimator of Jayasumana et al. 2024 ("Rethinking FID") and
+    their reference code (``distance.mmd``), which makes CMMD >= 0 and 0 for identical sets.
+    Their embeddings are CLIP ViT-L/14@336px's, unit-normalised (``normalize=True`` does that here).
+
+    Args:
+        real: (N1, d) reference embeddings, N1 >= 1.
+        generated: (N2, d) generated embeddings, N2 >= 1.
+        sigma: RBF bandwidth.
+        scale: multiplier of the reported value.
+        normalize: divide each row by its norm first (no all-zero rows then).
+        chunk_size: rows per kernel block (memory ``chunk_size * max(N1, N2)`` float64).
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma (the RBF bandwidth) must be > 0; got {sigma!r}")
+    x = _as_features(real, "real features", min_rows=1, why="CMMD")
+    y = _as_features(generated, "generated features", min_rows=1, why="CMMD")
+    _same_width(x, y, "real and generated features")
+    if normalize:
+        x, y = _unit_rows(x, "real features"), _unit_rows(y, "generated features")  # (N1, d), (N2, d)
+    gamma = 1.0 / (2 * sigma**2)
+    k_xx = _rbf_kernel_mean(x, x, gamma, chunk_size)
+    k_yy = _rbf_kernel_mean(y, y, gamma, chunk_size)
+    k_xy = _rbf_kernel_mean(x, y, gamma, chunk_size)
+    return max(float(scale * (k_xx + k_yy - 2 * k_xy)), 0.0)
