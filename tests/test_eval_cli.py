@@ -16,7 +16,7 @@ from dreamdist.evaluation import features, metrics, tiny
 from dreamdist.evaluation.cli import main, register
 from dreamdist.evaluation.images import load_image_set
 
-ALL = "fid,clip-i,dino,density,coverage,precision,recall,clip-t"
+ALL = "fid,clip-i,dino,density,coverage,precision,recall,clip-t,kid,cmmd,fd-dinov2,vendi"
 
 
 def save_noise_images(folder, count, mean, seed, manifest_prompts=None):
@@ -104,6 +104,41 @@ def test_numbers_equal_the_library_on_the_same_images(work, report):
     assert data["metrics"]["clip-t"] == pytest.approx(per_image, abs=1e-6)
     assert per_image != pytest.approx(metrics.clip_t(images, clip.encode_text(["a photo of a cat"])), abs=1e-6)
     assert data["metrics"]["clip-i"] == pytest.approx(metrics.mean_cosine_similarity(images, clip(real.images)))
+
+
+def test_distribution_metrics_equal_the_library_on_the_same_images(work, report):
+    """KID on Inception, CMMD on CLIP, FD-DINOv2 and Vendi on DINOv2; Vendi of both sets in every space."""
+    data = json.loads((report / "report.json").read_text())
+    real, gen = load_image_set(work["refs"]), load_image_set(work["gen"])
+    inception = features.InceptionFeatures(work["models"]["inception"], device="cpu")
+    clip = features.CLIPFeatures(str(work["models"]["clip"]), device="cpu")
+    dinov2 = features.DINOv2Features(str(work["models"]["dinov2"]), device="cpu")
+    spaces = {"inception": inception, "clip": clip, "dinov2": dinov2}
+    feats = {kind: (model(real.images), model(gen.images)) for kind, model in spaces.items()}
+    kid, kid_std = metrics.kernel_inception_distance(*feats["inception"], subsets=100, subset_size=1000)
+    assert data["metrics"]["kid"] == pytest.approx(kid, rel=1e-6, abs=1e-9)
+    assert data["kid"] == {"std": pytest.approx(kid_std, rel=1e-6, abs=1e-9), "subsets": 100, "subset_size": 6,
+                           "seed": 0}  # fmt: skip
+    assert data["metrics"]["cmmd"] == pytest.approx(metrics.cmmd(*feats["clip"]), rel=1e-6)
+    assert data["metrics"]["fd-dinov2"] == pytest.approx(metrics.frechet_distance(*feats["dinov2"]), rel=1e-6)
+    assert data["metrics"]["vendi"] == pytest.approx(metrics.vendi_score(feats["dinov2"][1]), rel=1e-6)
+    assert set(data["vendi"]) == {"inception", "clip", "dino", "dinov2"}
+    for kind, (r, g) in feats.items():
+        assert data["vendi"][kind]["real"] == pytest.approx(metrics.vendi_score(r), rel=1e-6), kind
+        assert data["vendi"][kind]["generated"] == pytest.approx(metrics.vendi_score(g), rel=1e-6), kind
+    markdown = (report / "report.md").read_text()
+    assert "| KID ↓ |" in markdown and "| FD-DINOv2 ↓ |" in markdown and "| Vendi ↑ |" in markdown
+    assert "Vendi score (effective number of distinct images) per feature space" in markdown
+
+
+def test_default_metrics_include_the_distribution_metrics_and_accept_underscores(work, tmp_path):
+    assert run_eval(work, tmp_path / "default") == 0
+    data = json.loads((tmp_path / "default" / "report.json").read_text())
+    assert list(data["metrics"]) == [*ALL.split(",")[:7], "kid", "cmmd", "fd-dinov2", "vendi"]
+    assert run_eval(work, tmp_path / "under", "--metrics", "FD_DINOv2,vendi") == 0
+    under = json.loads((tmp_path / "under" / "report.json").read_text())
+    assert under["metrics"] == {k: data["metrics"][k] for k in ("fd-dinov2", "vendi")}
+    assert "kid" not in under and set(under["vendi"]) == {"dinov2"}
 
 
 def test_same_inputs_give_the_same_numbers_with_and_without_cache(work, report):

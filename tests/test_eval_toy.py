@@ -153,16 +153,20 @@ def test_cli_toy_oracle_runs_offline_on_32px_images(folders, tmp_path, monkeypat
     out = capsys.readouterr()
     assert "FID" in out.out and "smaller than 64 px" not in out.err  # the oracle reads 32 px natively
     same, other = (json.loads((tmp_path / x / "report.json").read_text()) for x in ("same", "other"))
-    assert list(same["metrics"]) == ["fid", "clip-i", "density", "coverage", "precision", "recall"]
+    assert list(same["metrics"]) == [
+        *("fid", "clip-i", "density", "coverage", "precision", "recall", "kid", "cmmd", "vendi")
+    ]
     assert same["settings"]["features"] == "toy-oracle" and list(same["features"]) == ["toy-oracle"]
     assert same["features"]["toy-oracle"]["model_id"] == "toy-oracle"
     assert same["metrics"]["fid"] < 0.1 * other["metrics"]["fid"]
+    assert same["metrics"]["kid"] < 0.1 * other["metrics"]["kid"] and same["metrics"]["cmmd"] < other["metrics"]["cmmd"]
+    assert same["vendi"]["toy-oracle"]["generated"] == same["metrics"]["vendi"] > 1
     assert same["metrics"]["clip-i"] > other["metrics"]["clip-i"]
     for metric in ("density", "coverage", "precision", "recall"):
         assert same["metrics"][metric] > 0.8 > 0.2 > other["metrics"][metric], metric
     assert (
         "| FID ↓ | " in (md := (tmp_path / "same" / "report.md").read_text())
-        and md.count(" | toy-oracle (192-d) |") == 6
+        and md.count(" | toy-oracle (192-d) |") == 9
     )
 
 

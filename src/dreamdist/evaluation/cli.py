@@ -20,6 +20,7 @@ from dreamdist.evaluation.defaults import (
     TOY_DEFAULT_METRICS,
     TOY_SETS,
     default_cache_dir,
+    metric_name,
 )
 from dreamdist.evaluation.report import fmt, label
 
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
     """Add ``eval`` and ``compare`` to an argparse sub-parser group."""
     ev = subparsers.add_parser(
         "eval",
-        help="score generated images against reference images (FID, CLIP-I, DINO, density, coverage, ...)",
+        help="score generated images against reference images (FID, KID, CMMD, Vendi, CLIP-I, DINO, coverage, ...)",
         description="Score a generated image folder against a reference folder; writes report.json, report.md "
         "and metrics.png into --out. Features are cached per (model, preprocessing, image set).",
     )
@@ -63,15 +64,17 @@ def register(subparsers) -> None:
         default="inclusive",
         help="k-NN balls closed (paper, default) or open (identical to the prdc package)",
     )
-    ev.add_argument("--clip-model", default=D.DEFAULT_CLIP, help="CLIP hub id or local folder (CLIP-I, CLIP-T)")
+    ev.add_argument("--clip-model", default=D.DEFAULT_CLIP, help="CLIP hub id or local folder (CLIP-I, CLIP-T, CMMD)")
     ev.add_argument("--dino-model", default=D.DEFAULT_DINO, help="DINO v1 ViT hub id or local folder (DINO)")
     ev.add_argument(
-        "--dinov2-model", default=D.DEFAULT_DINOV2, help="DINOv2 hub id or local folder (density, coverage, ...)"
+        "--dinov2-model",
+        default=D.DEFAULT_DINOV2,
+        help="DINOv2 hub id or local folder (density, coverage, FD-DINOv2, Vendi, ...)",
     )
     ev.add_argument(
         "--inception-weights",
         default=os.environ.get(D.INCEPTION_ENV),
-        help="local pt_inception-2015-12-05-6726825d.pth or .safetensors copy, for FID "
+        help="local pt_inception-2015-12-05-6726825d.pth or .safetensors copy, for FID and KID "
         "(default: $DREAMDIST_INCEPTION_WEIGHTS)",
     )
     ev.add_argument("--method", default=None, help="method label stored in the report (for compare)")
@@ -113,7 +116,7 @@ def metric_names(args: argparse.Namespace) -> tuple[str, ...]:
     if args.metrics is None:
         defaults = TOY_DEFAULT_METRICS if args.features in TOY_SETS else DEFAULT_METRICS
         return defaults + (("clip-t",) if args.prompt is not None else ())
-    return tuple(m.strip().lower() for m in args.metrics.split(",") if m.strip())
+    return tuple(metric_name(m) for m in args.metrics.split(",") if m.strip())
 
 
 def check_models(args: argparse.Namespace) -> None:

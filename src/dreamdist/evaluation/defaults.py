@@ -8,14 +8,34 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-METRICS = ("fid", "clip-i", "dino", "density", "coverage", "precision", "recall", "clip-t")
-DEFAULT_METRICS = ("fid", "clip-i", "dino", "density", "coverage", "precision", "recall")
+METRICS = (
+    *("fid", "clip-i", "dino", "density", "coverage", "precision", "recall", "clip-t"),
+    *("kid", "cmmd", "fd-dinov2", "vendi"),  # the standard distribution metrics (docs/evaluation.md)
+)
+DEFAULT_METRICS = (
+    "fid",
+    "clip-i",
+    "dino",
+    "density",
+    "coverage",
+    "precision",
+    "recall",
+    "kid",
+    "cmmd",
+    "fd-dinov2",
+    "vendi",
+)
 MANIFOLD = ("density", "coverage", "precision", "recall")
+FRECHET = ("fid", "fd-dinov2")  # Frechet distances: need 2 images per set, biased for fewer than d
 FEATURES_OF = {  # metric -> the feature space it is computed in (METHODS.md section 7)
     "fid": "inception",
+    "kid": "inception",  # like FID (Binkowski et al. 2018)
     "clip-i": "clip",
     "clip-t": "clip",
+    "cmmd": "clip",  # Jayasumana et al. 2024
     "dino": "dino",
+    "fd-dinov2": "dinov2",  # Stein et al. 2023
+    "vendi": "dinov2",  # of the generated set alone; every space's Vendi, both sets, is in the report
     **{name: "dinov2" for name in MANIFOLD},
 }
 
@@ -24,13 +44,19 @@ FEATURES_OF = {  # metric -> the feature space it is computed in (METHODS.md sec
 # "toy-oracle" its penultimate features, "toy-attributes" its predicted attributes as one-hots.
 TOY_SETS = ("toy-oracle", "toy-attributes")
 FEATURE_SETS = ("standard", *TOY_SETS)
-# without --metrics under a toy set: clip-i and dino would be the same number there, so dino is left out
-TOY_DEFAULT_METRICS = ("fid", "clip-i", "density", "coverage", "precision", "recall")
+# without --metrics under a toy set: clip-i and dino (fid and fd-dinov2) would be the same number there, so
+# dino and fd-dinov2 are left out
+TOY_DEFAULT_METRICS = ("fid", "clip-i", "density", "coverage", "precision", "recall", "kid", "cmmd", "vendi")
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEFAULT_DINO = "facebook/dino-vits16"
 DEFAULT_DINOV2 = "facebook/dinov2-base"
 INCEPTION_ENV = "DREAMDIST_INCEPTION_WEIGHTS"
+
+
+def metric_name(name: str) -> str:
+    """A metric name as typed (``FD_DINOv2``, `` kid``) in the spelling of ``METRICS`` (``fd-dinov2``)."""
+    return name.strip().lower().replace("_", "-")
 
 
 def default_cache_dir() -> Path:

@@ -4,14 +4,16 @@ Which features each metric uses (METHODS.md section 7):
 
 | metric | features |
 | --- | --- |
-| fid | InceptionV3 pool (2048) |
-| clip-i, clip-t | CLIP image (and text) embeddings |
+| fid, kid | InceptionV3 pool (2048) |
+| clip-i, clip-t, cmmd | CLIP image (and text) embeddings |
 | dino | DINO v1 ViT-S/16 CLS |
-| density, coverage, precision, recall | DINOv2 CLS, k-NN radius with k = 5 |
+| density, coverage, precision, recall, fd-dinov2, vendi | DINOv2 CLS (k-NN radius with k = 5) |
 
 With ``features="toy-oracle"`` (or ``"toy-attributes"``) every metric is computed in one space of
 the toy world's oracle instead (``toy_oracle.py``): no download, meaningful for toy-world images
-only, no CLIP-T (no text side).
+only, no CLIP-T (no text side). When ``vendi`` is asked for, the report's ``vendi`` section also
+holds the Vendi score of both sets in every feature space the run extracted; its ``kid`` section
+holds KID's std over subsets and the subset settings.
 """
 
 from __future__ import annotations
@@ -32,15 +34,18 @@ from dreamdist.evaluation.cache import cached_features
 from dreamdist.evaluation.defaults import (
     DEFAULT_METRICS,
     FEATURE_SETS,
+    FRECHET,
     MANIFOLD,
     METRICS,
     TOY_DEFAULT_METRICS,
     TOY_SETS,
     feature_space,
+    metric_name,
 )
 from dreamdist.evaluation.images import ImageSet, small_images_note
 
 REPORT_FORMAT = 1
+KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 0  # Binkowski et al.'s reference code: 100 x 1000
 
 
 @dataclass
@@ -84,7 +89,7 @@ class EvalConfig:
         toy = self.features in TOY_SETS
         if self.metrics is None:
             self.metrics = TOY_DEFAULT_METRICS if toy else DEFAULT_METRICS
-        self.metrics = tuple(dict.fromkeys(self.metrics))  # de-duplicate, keep order
+        self.metrics = tuple(dict.fromkeys(metric_name(m) for m in self.metrics))  # fd_dinov2 = fd-dinov2
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
             raise ValueError(f"unknown metric(s) {unknown or '(none given)'}; choose from {','.join(METRICS)}")
@@ -104,19 +109,21 @@ class EvalConfig:
                 "--features toy-attributes puts every image of one attribute triple on one point, so k-NN radii "
                 "are 0 and open balls hold nothing: use --boundary inclusive (the default)"
             )
-        if "fid" in self.metrics and not toy and not self.inception_weights:
+        inception = [m for m in self.metrics if feature_space(m) == "inception"]
+        if inception and not toy and not self.inception_weights:
+            names = " and ".join(inception)
             raise ValueError(
-                "fid needs the FID Inception weights, which are never downloaded: pass the path of "
-                "pt_inception-2015-12-05-6726825d.pth (or a .safetensors copy) with --inception-weights or "
-                "DREAMDIST_INCEPTION_WEIGHTS, or leave fid out of --metrics"
+                f"{names} need{'s' if len(inception) == 1 else ''} the FID Inception weights, which are never "
+                "downloaded: pass the path of pt_inception-2015-12-05-6726825d.pth (or a .safetensors copy) with "
+                f"--inception-weights or DREAMDIST_INCEPTION_WEIGHTS, or leave {names} out of --metrics"
             )
 
 
 def check_counts(config: EvalConfig, n_real: int, n_generated: int) -> None:
     """Raise ``ValueError`` before any extraction when a set is too small for a requested metric."""
     needs = []
-    if "fid" in config.metrics:
-        needs += [("fid", "reference", n_real, 2), ("fid", "generated", n_generated, 2)]
+    for metric in (m for m in config.metrics if m in (*FRECHET, "kid")):  # a covariance / an unbiased MMD
+        needs += [(metric, "reference", n_real, 2), (metric, "generated", n_generated, 2)]
     if any(m in config.metrics for m in MANIFOLD):
         needs.append(("density/coverage/precision", "reference", n_real, config.k + 1))
     if "recall" in config.metrics:
@@ -205,6 +212,7 @@ def evaluate(real: ImageSet, generated: ImageSet, config: EvalConfig, labels: di
     kinds = list(dict.fromkeys(feature_space(m, config.features) for m in config.metrics))
     values: dict[str, float] = {}
     spaces: dict[str, dict] = {}
+    sections: dict[str, dict] = {}  # "kid": std and subsets; "vendi": both sets' scores per feature space
     notes: list[str] = []
     if config.features == "standard":
         small = small_images_note({"reference": real, "generated": generated})
@@ -225,7 +233,9 @@ def evaluate(real: ImageSet, generated: ImageSet, config: EvalConfig, labels: di
                 progress=config.progress,
                 desc=f"{kind} {side}",
             )
-        values.update(_metrics_of(wanted, feats, config, extractor, prompts))
+        values.update(_metrics_of(wanted, feats, config, extractor, prompts, sections))
+        if "vendi" in config.metrics:  # every space extracted, both sets: how diverse each looks there
+            sections.setdefault("vendi", {})[kind] = {side: M.vendi_score(x) for side, x in feats.items()}
         info = extractor.info
         spaces[kind] = {
             "model_id": info.model_id,
@@ -239,10 +249,11 @@ def evaluate(real: ImageSet, generated: ImageSet, config: EvalConfig, labels: di
             if not extractor.standard_weights:
                 notes.append("FID uses non-standard Inception weights: not comparable with published FIDs")
         smallest = min(len(real), len(generated))
-        if "fid" in wanted and smallest < info.dim:
+        for metric in (m for m in FRECHET if m in wanted and smallest < info.dim):
+            name = "FID" if metric == "fid" else "FD-DINOv2"
             notes.append(
-                f"FID from {smallest} images in {info.dim}-d: covariances are rank-deficient and FID is "
-                "biased upward; compare FIDs only across runs with the same image counts"
+                f"{name} from {smallest} images in {info.dim}-d: covariances are rank-deficient and {name} is "
+                f"biased upward; compare {name}s only across runs with the same image counts"
             )
         del extractor  # freed by reference counting before the next model loads (no cycles)
         if torch.cuda.is_available():
@@ -252,6 +263,7 @@ def evaluate(real: ImageSet, generated: ImageSet, config: EvalConfig, labels: di
         "method": (labels or {}).get("method"),
         "scenario": (labels or {}).get("scenario"),
         "metrics": {name: values[name] for name in config.metrics},
+        **sections,
         "real": _side(real),
         "generated": _side(generated),
         "features": spaces,
@@ -271,11 +283,29 @@ def evaluate(real: ImageSet, generated: ImageSet, config: EvalConfig, labels: di
     }
 
 
-def _metrics_of(wanted: list[str], feats: dict, config: EvalConfig, extractor, prompts: list[str]) -> dict[str, float]:
-    """The metrics ``wanted`` from one feature space's ``real`` / ``generated`` features."""
+def _metrics_of(
+    wanted: list[str], feats: dict, config: EvalConfig, extractor, prompts: list[str], sections: dict
+) -> dict[str, float]:
+    """The metrics ``wanted`` from one feature space's ``real`` / ``generated`` features.
+
+    KID's std over subsets and its settings go into ``sections["kid"]``.
+    """
     out: dict[str, float] = {}
-    if "fid" in wanted:
-        out["fid"] = M.frechet_distance(feats["real"], feats["generated"])
+    for name in FRECHET:  # the same statistic, in Inception (FID) and DINOv2 space (Stein et al. 2023)
+        if name in wanted:
+            out[name] = M.frechet_distance(feats["real"], feats["generated"])
+    if "kid" in wanted:
+        generator = torch.Generator().manual_seed(KID_SEED)
+        mean, std = M.kernel_inception_distance(
+            feats["real"], feats["generated"], KID_SUBSETS, KID_SUBSET_SIZE, generator=generator
+        )
+        out["kid"] = mean
+        subset_size = min(KID_SUBSET_SIZE, len(feats["real"]), len(feats["generated"]))
+        sections["kid"] = {"std": std, "subsets": KID_SUBSETS, "subset_size": subset_size, "seed": KID_SEED}
+    if "cmmd" in wanted:
+        out["cmmd"] = M.cmmd(feats["real"], feats["generated"])
+    if "vendi" in wanted:
+        out["vendi"] = M.vendi_score(feats["generated"])
     for name in ("clip-i", "dino"):  # the same statistic, in CLIP and DINO space
         if name in wanted:
             out[name] = M.mean_cosine_similarity(feats["generated"], feats["real"])

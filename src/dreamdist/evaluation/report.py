@@ -18,8 +18,13 @@ LABELS = {
     "coverage": "Coverage",
     "precision": "Precision",
     "recall": "Recall",
+    "kid": "KID",
+    "cmmd": "CMMD",
+    "fd-dinov2": "FD-DINOv2",
+    "vendi": "Vendi",
 }
-LOWER_IS_BETTER = {"fid"}
+LOWER_IS_BETTER = {"fid", "kid", "cmmd", "fd-dinov2"}
+UNBOUNDED = ("fid", "fd-dinov2", "kid", "cmmd", "vendi")  # not on a [0, 1]-ish scale: one plot panel each
 
 
 def label(metric: str) -> str:
@@ -30,7 +35,7 @@ def label(metric: str) -> str:
 def fmt(metric: str, value: float | None) -> str:
     if value is None:
         return "–"
-    return f"{value:.2f}" if metric == "fid" else f"{value:.4f}"
+    return f"{value:.2f}" if metric in ("fid", "fd-dinov2") else f"{value:.3f}" if metric == "vendi" else f"{value:.4f}"
 
 
 def require_matplotlib():
@@ -48,10 +53,20 @@ def render_markdown(report: dict) -> str:
     lines = [f"# dreamdist eval: {title}", "", "| metric | value | features |", "| --- | --- | --- |"]
     for metric, value in report["metrics"].items():
         space = space_of(report, metric)
-        lines.append(
-            f"| {label(metric)} | {fmt(metric, value)} | {space.get('model_id', '')} ({space.get('dim', '?')}-d) |"
-        )
+        shown = fmt(metric, value)
+        if metric == "kid" and "kid" in report:
+            shown += f" ± {fmt('kid', report['kid']['std'])}"
+        lines.append(f"| {label(metric)} | {shown} | {space.get('model_id', '')} ({space.get('dim', '?')}-d) |")
     lines.append("")
+    if "kid" in report:
+        kid = report["kid"]
+        lines += [f"KID: mean ± std over {kid['subsets']} subsets of {kid['subset_size']} images per set.", ""]
+    if report.get("vendi"):
+        lines += ["Vendi score (effective number of distinct images) per feature space:", ""]
+        lines += ["| features | generated | reference |", "| --- | --- | --- |"]
+        for kind, sides in report["vendi"].items():
+            lines.append(f"| {kind} | {fmt('vendi', sides.get('generated'))} | {fmt('vendi', sides.get('real'))} |")
+        lines.append("")
     for side, name in (("real", "Reference"), ("generated", "Generated")):
         info = report[side]
         skipped = f", {len(info['skipped'])} skipped" if info["skipped"] else ""
@@ -73,15 +88,14 @@ def render_markdown(report: dict) -> str:
 
 
 def plot_report(report: dict, path: Path) -> Path:
-    """Bar chart of one evaluation's metrics (FID on its own axis: another scale)."""
+    """Bar chart of one evaluation's metrics (FID, KID, CMMD, FD-DINOv2, Vendi each on its own axis: other scales)."""
     Figure = require_matplotlib()
-    bounded = [m for m in report["metrics"] if m != "fid"]
-    has_fid = "fid" in report["metrics"]
-    panels = int(bool(bounded)) + int(has_fid)
-    fig = Figure(figsize=(3 + 0.8 * len(bounded) + 1.5 * has_fid, 3.2), layout="constrained")
-    axes = fig.subplots(1, panels, width_ratios=[max(len(bounded), 1)] * bool(bounded) + [1] * has_fid, squeeze=False)[
-        0
-    ]
+    bounded = [m for m in report["metrics"] if m not in UNBOUNDED]
+    single = [m for m in report["metrics"] if m in UNBOUNDED]
+    panels = int(bool(bounded)) + len(single)
+    fig = Figure(figsize=(3 + 0.8 * len(bounded) + 1.5 * len(single), 3.2), layout="constrained")
+    ratios = [max(len(bounded), 1)] * bool(bounded) + [1] * len(single)
+    axes = fig.subplots(1, panels, width_ratios=ratios, squeeze=False)[0]
     if bounded:
         values = [report["metrics"][m] for m in bounded]
         axes[0].bar([label(m) for m in bounded], values, color="tab:blue")
@@ -89,9 +103,10 @@ def plot_report(report: dict, path: Path) -> Path:
         axes[0].tick_params(axis="x", labelrotation=30)
         for i, v in enumerate(values):
             axes[0].annotate(f"{v:.3f}", (i, v), ha="center", va="bottom", fontsize=8)
-    if has_fid:
-        axes[-1].bar([label("fid")], [report["metrics"]["fid"]], color="tab:red")
-        axes[-1].annotate(f"{report['metrics']['fid']:.2f}", (0, report["metrics"]["fid"]), ha="center", va="bottom")
+    for ax, metric in zip(axes[int(bool(bounded)) :], single):
+        value = report["metrics"][metric]
+        ax.bar([label(metric)], [value], color="tab:red" if metric in LOWER_IS_BETTER else "tab:green")
+        ax.annotate(fmt(metric, value), (0, value), ha="center", va="bottom")
     fig.suptitle(" / ".join(x for x in (report.get("method"), report.get("scenario")) if x) or "evaluation")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
