@@ -34,13 +34,14 @@ def sdxl_model(tmp_path_factory):
 
 
 def test_the_registry_names_every_family_once():
-    assert FAMILY_NAMES == {"sdxl": "SDXL", "sd": "SD 1.x/2.x"}
-    assert [family.name for family in FAMILIES] == ["sdxl", "sd"]  # detection order: SD, the fallback, last
+    assert FAMILY_NAMES == {"flux": "Flux.1", "sdxl": "SDXL", "sd": "SD 1.x/2.x"}
+    assert [family.name for family in FAMILIES] == ["flux", "sdxl", "sd"]  # detection order: SD, the fallback, last
     assert family_class("sdxl") is SDXLBackbone and family_class("sd") is SDBackbone
-    with pytest.raises(ValueError, match="unknown backbone family 'flux'; known: sdxl, sd"):
-        family_class("flux")
-    for family in FAMILIES:  # every registered method trains on SD and SDXL
+    with pytest.raises(ValueError, match="unknown backbone family 'sd3'; known: flux, sdxl, sd"):
+        family_class("sd3")
+    for family in (SDXLBackbone, SDBackbone):  # every registered method trains on SD and SDXL
         assert sorted(family.methods) == method_names()
+    assert family_class("flux").methods == ("dreamdistribution",)  # Flux.1: DreamDistribution only, so far
 
 
 def test_detection_reads_the_model_index_or_the_sub_folders(tiny_model, sdxl_model, tmp_path):

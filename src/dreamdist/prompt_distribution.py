@@ -1,63 +1,32 @@
 """PromptDistribution: K learnable soft prompts per concept and the distributions they induce on
 CLIP text features: the paper's Gaussian (METHODS.md §1) and the mixture of its K prompts (§8).
 
-A prompt is ``[BOS] PREFIX V_k SUFFIX [EOS] [PAD]...``: only ``V`` (M token embeddings per
-prompt) is learned; PREFIX/SUFFIX are ordinary words embedded with the frozen token table.
+A prompt is ``[BOS] PREFIX V_k SUFFIX [EOS] [PAD]...`` (the family lays it out per tokenizer:
+``Backbone.prompt_template``): only ``V`` (M token embeddings per prompt) is learned; PREFIX/SUFFIX
+are ordinary words embedded with the frozen token table(s).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamdist.backbones import Backbone
-
-
-@dataclass
-class PromptTemplate:
-    """Token ids around the learned slot: ``before`` (a,) = BOS + prefix, ``after`` (b,) = suffix + EOS + pads."""
-
-    before: torch.Tensor
-    after: torch.Tensor
-    eos_position: int
-
-    @classmethod
-    def build(cls, backbone: Backbone, num_tokens: int, prefix: str = "", suffix: str = "") -> PromptTemplate:
-        """Tokenize PREFIX and SUFFIX (no special tokens) and lay them around ``num_tokens`` slots."""
-        tok = backbone.tokenizer
-        words = lambda text: tok(text, add_special_tokens=False).input_ids if text.strip() else []  # noqa: E731
-        pre, post = words(prefix), words(suffix)
-        length = tok.model_max_length
-        used = 1 + len(pre) + num_tokens + len(post) + 1
-        if used > length:
-            raise ValueError(
-                f"prompt too long: prefix ({len(pre)} tokens) + {num_tokens} learned tokens + suffix "
-                f"({len(post)} tokens) + 2 special tokens = {used} > {length}; shorten the prefix/suffix"
-            )
-        before = torch.tensor([tok.bos_token_id, *pre])
-        after = torch.tensor([*post, tok.eos_token_id] + [tok.pad_token_id] * (length - used))
-        return cls(before, after, eos_position=used - 1)
+from dreamdist.backbones import Backbone, PromptTemplate
 
 
 def encode_prompts(backbone: Backbone, vectors: torch.Tensor, template: PromptTemplate) -> tuple:
-    """Encode soft prompts through the frozen text encoder.
+    """Encode soft prompts through the frozen text encoder(s), as the backbone's family lays them out.
 
     Args:
         vectors: (N, M, d_tok) learned token embeddings (N prompts).
-        template: fixed words around them.
+        template: fixed words around them (``PromptTemplate.build``: the family's layout).
     Returns:
-        hidden (N, L, d) and pooled EOS features (N, d), differentiable w.r.t. ``vectors``.
+        prompt features (N, L, d) and pooled features (N, d_pool), differentiable w.r.t. ``vectors``.
     """
-    n = vectors.shape[0]
-    before = backbone.embed_tokens(template.before.to(backbone.device)).expand(n, -1, -1)  # (N, a, d_tok)
-    after = backbone.embed_tokens(template.after.to(backbone.device)).expand(n, -1, -1)  # (N, b, d_tok)
-    embeds = torch.cat([before, vectors.to(before.dtype), after], dim=1)  # (N, L, d_tok)
-    eos = torch.full((n,), template.eos_position, device=embeds.device)
-    return backbone.encode_prompt_embeds(embeds, eos)
+    return backbone.encode_soft_prompts(vectors, template)
 
 
 def gaussian_stats(hidden: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -268,3 +268,111 @@ def example_config(method: str, **options):
             "add one there so the test matrices can build this method"
         )
     return config_cls(**{**{name: EXAMPLE_VALUES[name] for name in required if name not in options}, **options})
+
+
+def tiny_flux_components(
+    folder: str | Path,
+    seed: int = 0,
+    guidance_embeds: bool = False,
+    clip_size: int = 32,
+    t5_size: int = 48,
+    max_sequence_length: int = 16,
+    sample_size: int = 16,
+) -> dict:
+    """Tiny random Flux.1 components (CLIP, T5, a FluxTransformer2DModel), as diffusers' Flux tests build them.
+
+    CLIP and T5 have different widths so that a mixed-up split fails loudly; ``guidance_embeds``
+    makes a dev-shaped transformer (schnell-shaped without). Images are ``2 * sample_size`` px
+    (the VAE halves them; the transformer packs 2 x 2 latents).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from dreamdist.tokenizers import build_t5_tokenizer
+
+    tokenizer = build_clip_tokenizer(list(WORDS), Path(folder) / "tokenizer_src")
+    tokenizer_2 = build_t5_tokenizer(list(WORDS), Path(folder) / "tokenizer_2_src", max_length=max_sequence_length)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=clip_size,
+            intermediate_size=2 * clip_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=clip_size,
+            hidden_act="gelu",
+        )
+    )
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2),
+            d_model=t5_size,
+            d_kv=t5_size // 4,
+            d_ff=2 * t5_size,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
+            pad_token_id=tokenizer_2.pad_token_id,
+            eos_token_id=tokenizer_2.eos_token_id,
+            decoder_start_token_id=tokenizer_2.pad_token_id,
+        )
+    )
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels x 2 x 2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=t5_size,
+        pooled_projection_dim=clip_size,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 4, 8),  # sums to attention_head_dim
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=2 * sample_size,
+        scaling_factor=0.3611,  # Flux.1's VAE
+        shift_factor=0.1159,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "tokenizer_2": tokenizer_2,
+        "text_encoder_2": text_encoder_2,
+        "vae": vae,
+        "transformer": transformer,
+        "scheduler": scheduler,
+    }
+
+
+def save_tiny_flux_pipeline(folder: str | Path, **kwargs) -> Path:
+    """Write tiny Flux.1 components as an ordinary diffusers ``FluxPipeline`` folder, with a ``dreamdist.json``
+    naming its image size and T5 length (``max_sequence_length``)."""
+    import json
+
+    from diffusers import FluxPipeline
+
+    folder = Path(folder)
+    parts = tiny_flux_components(folder, **kwargs)
+    pipe = FluxPipeline(**parts)
+    pipe.save_pretrained(folder / "pipeline", safe_serialization=True)
+    side = parts["vae"].config.sample_size  # the image side in pixels
+    defaults = {"height": side, "width": side, "max_sequence_length": parts["tokenizer_2"].model_max_length}
+    (folder / "pipeline" / "dreamdist.json").write_text(json.dumps(defaults))
+    return folder / "pipeline"

@@ -1,6 +1,6 @@
 """Backbone families and their registry.
 
-One module per family (``sd``: SD 1.x/2.x, ``sdxl``: SDXL), each a subclass of ``base.Backbone``
+One module per family (``sd``: SD 1.x/2.x, ``sdxl``: SDXL, ``flux``: Flux.1), each a subclass of ``base.Backbone``
 that owns everything family-specific (text encoding with soft tokens, the noise process, the
 denoiser call, pipeline classes, LoRA targets and kohya names, bucketing, file layouts). Adding a
 family is its module plus one line in ``FAMILIES``.
@@ -20,16 +20,18 @@ from dreamdist.backbones.base import (
     PROBE_ROWS,
     Backbone,
     BackboneMismatchError,
+    PromptTemplate,
     embedding_fingerprint,
     pick_device,
     pick_dtype,
     read_index,
     resolve_model,
 )
+from dreamdist.backbones.flux import FluxBackbone
 from dreamdist.backbones.sd import SDBackbone
 from dreamdist.backbones.sdxl import SDXLBackbone
 
-FAMILIES: tuple[type[Backbone], ...] = (SDXLBackbone, SDBackbone)  # detection order
+FAMILIES: tuple[type[Backbone], ...] = (FluxBackbone, SDXLBackbone, SDBackbone)  # detection order
 FAMILY_NAMES = {family.name: family.display_name for family in FAMILIES}  # "sd" -> "SD 1.x/2.x", ...
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "PROBE_ROWS",
     "Backbone",
     "BackboneMismatchError",
+    "FluxBackbone",
+    "PromptTemplate",
     "SDBackbone",
     "SDXLBackbone",
     "controlnet_family",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -93,6 +94,42 @@ def read_index(path: str) -> dict | None:
 def embedding_fingerprint(probe: torch.Tensor) -> str:
     """Short hash of probe rows rounded to 2 decimals (display only; matching uses cosines)."""
     return hashlib.sha256(probe.float().mul(100).round().to(torch.int32).numpy().tobytes()).hexdigest()[:16]
+
+
+@dataclass
+class PromptTemplate:
+    """Token ids around the learned slot: ``before`` (a,) = BOS + prefix, ``after`` (b,) = suffix + EOS + pads.
+
+    The layout of one tokenizer (CLIP's); a family with several tokenizers that differ (Flux: CLIP
+    and T5) returns its own template object from ``Backbone.prompt_template``.
+    """
+
+    before: torch.Tensor
+    after: torch.Tensor
+    eos_position: int
+
+    @classmethod
+    def build(cls, backbone: Backbone, num_tokens: int, prefix: str = "", suffix: str = "") -> PromptTemplate:
+        """The backbone family's template for ``num_tokens`` slots between PREFIX and SUFFIX."""
+        return backbone.prompt_template(num_tokens, prefix, suffix)
+
+    @classmethod
+    def layout(cls, tokenizer, num_tokens: int, prefix: str = "", suffix: str = "") -> PromptTemplate:
+        """Tokenize PREFIX and SUFFIX (no special tokens) and lay them around ``num_tokens`` slots,
+        between CLIP's BOS and EOS, padded to the tokenizer's full length."""
+        tok = tokenizer
+        words = lambda text: tok(text, add_special_tokens=False).input_ids if text.strip() else []  # noqa: E731
+        pre, post = words(prefix), words(suffix)
+        length = tok.model_max_length
+        used = 1 + len(pre) + num_tokens + len(post) + 1
+        if used > length:
+            raise ValueError(
+                f"prompt too long: prefix ({len(pre)} tokens) + {num_tokens} learned tokens + suffix "
+                f"({len(post)} tokens) + 2 special tokens = {used} > {length}; shorten the prefix/suffix"
+            )
+        before = torch.tensor([tok.bos_token_id, *pre])
+        after = torch.tensor([*post, tok.eos_token_id] + [tok.pad_token_id] * (length - used))
+        return cls(before, after, eos_position=used - 1)
 
 
 class Backbone:
@@ -283,6 +320,51 @@ class Backbone:
     def split_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompt features -> (per-token features for ``prompt_embeds``, pooled embedding or None)."""
         raise NotImplementedError
+
+    def prompt_template(self, num_tokens: int, prefix: str = "", suffix: str = "") -> PromptTemplate:
+        """The fixed words of a soft prompt around ``num_tokens`` learned slots, laid out for this family's
+        tokenizer(s); ``encode_soft_prompts`` reads it. Default: one CLIP-style layout (BOS, EOS, pads)."""
+        return PromptTemplate.layout(self.tokenizers[0], num_tokens, prefix, suffix)
+
+    def encode_soft_prompts(self, vectors: torch.Tensor, template) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft prompts through the frozen text encoder(s).
+
+        Args:
+            vectors: (N, M, d_tok) learned token vectors (N prompts).
+            template: this family's ``prompt_template`` (the fixed words around them).
+        Returns:
+            prompt features (N, L', D) and pooled features (N, d_pool), differentiable w.r.t. ``vectors``.
+        """
+        n = vectors.shape[0]
+        before = self.embed_tokens(template.before.to(self.device)).expand(n, -1, -1)  # (N, a, d_tok)
+        after = self.embed_tokens(template.after.to(self.device)).expand(n, -1, -1)  # (N, b, d_tok)
+        embeds = torch.cat([before, vectors.to(before.dtype), after], dim=1)  # (N, L, d_tok)
+        eos = torch.full((n,), template.eos_position, device=embeds.device)
+        return self.encode_prompt_embeds(embeds, eos)
+
+    # ---------------------------------------------------------------- generation (family hooks)
+    @property
+    def default_guidance(self) -> float:
+        """The guidance scale when none is asked: ``<model>/dreamdist.json``'s, else 7.5."""
+        return float(self.generation_defaults.get("guidance_scale", 7.5))
+
+    def pipeline_call_kwargs(self, features: torch.Tensor, negative_prompt: str, guidance_scale: float) -> dict:
+        """The prompt and guidance arguments of one call of this family's pipeline.
+
+        Args:
+            features: (b, L', D) prompt features of the block's images (device and dtype of the backbone).
+            negative_prompt: the text classifier-free guidance steers away from.
+            guidance_scale: the guidance strength asked for.
+        Default: ``prompt_embeds`` (and ``pooled_prompt_embeds``), the negative prompt as text, ``guidance_scale``.
+        """
+        embeds, pooled = self.split_features(features)  # SDXL: (b, L, D) and the pooled (b, d_pool)
+        extra = {} if pooled is None else {"pooled_prompt_embeds": pooled}
+        return {
+            "prompt_embeds": embeds,
+            **extra,
+            "negative_prompt": [negative_prompt] * len(features),
+            "guidance_scale": guidance_scale,
+        }
 
     # ---------------------------------------------------------------- training (family hooks)
     @property
