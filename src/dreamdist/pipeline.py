@@ -69,10 +69,11 @@ class RenderSettings:
         width: int | None = None,
         negative_prompt: str = "",
     ) -> RenderSettings:
-        """Fill unset values from the model's ``dreamdist.json`` defaults, then SD's (7.5, 50, native size)."""
+        """Fill unset values from the model's ``dreamdist.json`` defaults, then the family's guidance
+        (``Backbone.default_guidance``; SD: 7.5), 50 steps and the native size."""
         defaults = backbone.generation_defaults
         return cls(
-            guidance_scale=guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 7.5),
+            guidance_scale=guidance_scale if guidance_scale is not None else backbone.default_guidance,
             num_inference_steps=num_inference_steps or defaults.get("num_inference_steps", 50),
             height=height or backbone.sample_size,
             width=width or backbone.sample_size,
@@ -139,16 +140,12 @@ def render_block(
     """
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     drawn = [sampler(i, g) for i, g in zip(indices, generators)]
-    embeds = torch.stack([hidden for hidden, _ in drawn]).to(backbone.device, backbone.dtype)  # (b, L, d)
-    embeds, pooled = backbone.split_features(embeds)  # SDXL: (b, L, D) and the pooled (b, d_pool)
-    extra = {} if pooled is None else {"pooled_prompt_embeds": pooled}
+    features = torch.stack([hidden for hidden, _ in drawn]).to(backbone.device, backbone.dtype)  # (b, L, d)
     with torch.no_grad():
+        prompts = backbone.pipeline_call_kwargs(features, settings.negative_prompt, settings.guidance_scale)
         out = pipe(
-            prompt_embeds=embeds,
-            **extra,
-            negative_prompt=[settings.negative_prompt] * len(indices),
+            **prompts,  # the family's prompt embeddings, negatives and guidance arguments
             generator=generators,
-            guidance_scale=settings.guidance_scale,
             num_inference_steps=settings.num_inference_steps,
             **(inputs or ImageInputs()).call_kwargs(len(indices), settings),
             output_type="pil",
