@@ -10,9 +10,12 @@ and pipeline-kind doors. Everything else is a hook (``NotImplementedError`` here
 - loading: ``recognises`` (a ``model_index.json``), ``load`` (a pipeline folder);
 - text: ``tokenize``, ``eos_positions``, ``embed_tokens``, ``encode_prompt_embeds``, ``encode_ids``,
   ``encode_text``, ``split_features``, the token table (``token_embedding``, ``token_rows``,
-  ``set_token_rows``, ``token_parts``, ``token_dim``, ``tokenizers``);
+  ``set_token_rows``, ``token_parts``, ``token_dim``, ``tokenizers``), soft prompts (``prompt_template``,
+  ``encode_soft_prompts``: how the fixed words around the learned slots are laid out and encoded);
 - training: ``noise_process`` (timestep density, noisy input, target: ``dreamdist.backbones.noise``),
   ``denoise`` (the denoiser call), ``bucket_step`` (aspect-ratio buckets);
+- generation: ``pipeline_call_kwargs`` (prompt embeddings, negatives and guidance arguments of a
+  pipeline call), ``default_guidance``;
 - files: ``assemble_pipeline`` (diffusers pipeline of each kind in ``pipelines``), LoRA targets
   and kohya names (``lora_targets``, ``kohya_prefixes``, ``kohya_module_path``), the textual-inversion
   file layout (``token_file_tensors``), Custom Diffusion's cross-attention layers (``is_cross_attention``);
