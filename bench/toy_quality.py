@@ -25,6 +25,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 
 
@@ -187,18 +188,42 @@ def train_run(variant: Variant, refs, folder: Path, args) -> Path:
     return train(config, config_cls(**options))
 
 
+@cache
+def _oracle_features():
+    from dreamdist.evaluation.toy_oracle import ToyOracleFeatures
+
+    return ToyOracleFeatures("toy-oracle", device="cpu")
+
+
+def oracle_vendi(images) -> float:
+    """Vendi score (q = 1) of a set on the toy oracle's features: its effective number of distinct images."""
+    from dreamdist.evaluation.metrics import vendi_score
+
+    return vendi_score(_oracle_features()(images))
+
+
 def score(variant: Variant, concept, refs, folder: Path, args, backbone, oracle) -> dict:
-    """Generate one set for a variant and return its oracle report (cached as JSON)."""
+    """Generate one set for a variant and return its oracle report (cached as JSON).
+
+    A cached report from before the Vendi score existed gets it from the set's images on disk.
+    """
     from dreamdist.api import GenerateConfig, generate
     from dreamdist.toyworld.report import concept_report
 
     sampling = non_default(GenerateConfig, variant.sampling)  # defaults left out of the key
     key = slug(variant.run_key() + "__" + "_".join(f"{k}={v}" for k, v in sorted(sampling.items())))
     cached = folder / "reports" / f"{key}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    gen = dict(num_images=args.images, seed=args.seed_now, batch_size=16, progress=False, **variant.sampling)
     out = folder / "generated" / key
+    if cached.is_file():
+        report = json.loads(cached.read_text())
+        pngs = sorted(out.glob("*.png"))
+        if report and "vendi" not in report and pngs:
+            from PIL import Image
+
+            report["vendi"] = oracle_vendi([Image.open(p).convert("RGB") for p in pngs])
+            cached.write_text(json.dumps(report))
+        return report
+    gen = dict(num_images=args.images, seed=args.seed_now, batch_size=16, progress=False, **variant.sampling)
     if variant.method is None:
         text = concept.short_caption if variant.caption == "short" else concept.long_caption
         if text is None:
@@ -210,6 +235,7 @@ def score(variant: Variant, concept, refs, folder: Path, args, backbone, oracle)
         shared = backbone if variant.method == "dreamdistribution" else None
         images = generate(GenerateConfig(out=str(out), artifacts=[str(run)], **gen), backbone=shared).images
     report = concept_report(concept, images, refs.combos, oracle).to_dict()
+    report["vendi"] = oracle_vendi(images)
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(report))
     return report
@@ -227,6 +253,7 @@ FIELDS = {
     # diversity: mean entropy (bits) of the three attributes; None for reports cached before it existed
     "attr entropy": lambda r: sum(r["entropy"][a] for a in ATTRS) / 3 if r.get("entropy") else None,
     "joint entropy": lambda r: r["entropy"]["joint"] if r.get("entropy") else None,  # of the whole triple
+    "Vendi": lambda r: r.get("vendi"),  # effective number of distinct images, on the toy oracle's features
 }
 
 
