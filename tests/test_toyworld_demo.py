@@ -27,6 +27,7 @@ def test_quick_demo_runs_and_reports(tmp_path, capsys):
     # the diversity knob: one row per gamma of the default sampler, printed; gamma 0 is its own baseline
     assert "diversity knob" in printed and [row["gamma"] for row in result["knob"]] == list(GAMMAS)
     assert result["knob"][0]["change"] == 0.0 and all(row["change"] >= 0 for row in result["knob"])
+    assert all(1.0 <= row["vendi"] <= report["num_images"] for row in result["knob"])
 
 
 def test_toy_refs_command_writes_a_reference_folder(tmp_path, capsys):

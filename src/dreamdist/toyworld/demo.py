@@ -159,8 +159,14 @@ def save_figure(
 def knob_table(samples: dict[str, list], reports: dict[str, ConceptReport]) -> list[dict]:
     """The diversity knob: per gamma of the default sampler, fidelity beside the diversity measures.
 
-    ``change``: mean absolute difference (grey levels, 0-255) from the gamma 0 image of the same seed.
+    ``change``: mean absolute difference (grey levels, 0-255) from the gamma 0 image of the same seed;
+    ``vendi``: the Vendi score (q = 1) on the toy oracle's features, the set's effective number of
+    distinct images.
     """
+    from dreamdist.evaluation.metrics import vendi_score
+    from dreamdist.evaluation.toy_oracle import ToyOracleFeatures
+
+    features = ToyOracleFeatures("toy-oracle", device="cpu")
     base = [np.asarray(image.convert("RGB"), dtype=np.int16) for image in samples["gamma 0"]]
     rows = []
     for gamma in GAMMAS:
@@ -172,6 +178,7 @@ def knob_table(samples: dict[str, list], reports: dict[str, ConceptReport]) -> l
         rows.append({
             "gamma": gamma, "fidelity": rep.fidelity, "coverage": rep.coverage, "novelty": rep.novelty,
             "entropy": rep.attribute_entropy_mean, "joint_entropy": rep.entropy["joint"], "change": float(change),
+            "vendi": vendi_score(features(images)),
         })  # fmt: skip
     return rows
 
@@ -180,10 +187,10 @@ def format_knob(rows: list[dict], reference_entropy: tuple[float, float]) -> str
     """``knob_table`` as printed lines."""
     lines = [
         "  diversity knob (default sampler, same seeds): gamma | fidelity | coverage | novelty | attribute entropy"
-        " (bits, mean / joint) | change from gamma 0 (grey levels)",
+        " (bits, mean / joint) | Vendi | change from gamma 0 (grey levels)",
         *(
             f"    {r['gamma']:g} | {r['fidelity']:.2f} | {r['coverage']:.2f} | {r['novelty']:.2f} | "
-            f"{r['entropy']:.2f} / {r['joint_entropy']:.2f} | {r['change']:.1f}"
+            f"{r['entropy']:.2f} / {r['joint_entropy']:.2f} | {r['vendi']:.2f} | {r['change']:.1f}"
             for r in rows
         ),
         f"    (references: entropy {reference_entropy[0]:.2f} / {reference_entropy[1]:.2f} bits)",
