@@ -34,11 +34,12 @@ def sdxl_model(tmp_path_factory):
 
 
 def test_the_registry_names_every_family_once():
-    assert FAMILY_NAMES == {"flux": "Flux.1", "sdxl": "SDXL", "sd": "SD 1.x/2.x"}
-    assert [family.name for family in FAMILIES] == ["flux", "sdxl", "sd"]  # detection order: SD, the fallback, last
+    assert FAMILY_NAMES == {"flux": "Flux.1", "sd3": "SD3", "sdxl": "SDXL", "sd": "SD 1.x/2.x"}
+    # detection order: Flux and SD3 before SDXL (their folders have a text_encoder_2 too), SD, the fallback, last
+    assert [family.name for family in FAMILIES] == ["flux", "sd3", "sdxl", "sd"]
     assert family_class("sdxl") is SDXLBackbone and family_class("sd") is SDBackbone
-    with pytest.raises(ValueError, match="unknown backbone family 'sd3'; known: flux, sdxl, sd"):
-        family_class("sd3")
+    with pytest.raises(ValueError, match="unknown backbone family 'sd4'; known: flux, sd3, sdxl, sd"):
+        family_class("sd4")
     for family in (SDXLBackbone, SDBackbone):  # every registered method trains on SD and SDXL
         assert sorted(family.methods) == method_names()
     assert family_class("flux").methods == ("dreamdistribution",)  # Flux.1: DreamDistribution only, so far

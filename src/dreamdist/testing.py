@@ -376,3 +376,130 @@ def save_tiny_flux_pipeline(folder: str | Path, **kwargs) -> Path:
     defaults = {"height": side, "width": side, "max_sequence_length": parts["tokenizer_2"].model_max_length}
     (folder / "pipeline" / "dreamdist.json").write_text(json.dumps(defaults))
     return folder / "pipeline"
+
+
+def tiny_sd3_components(
+    folder: str | Path,
+    seed: int = 0,
+    with_t5: bool = True,
+    clip_sizes: tuple[int, int] = (32, 40),
+    projection_dims: tuple[int, int] = (24, 36),
+    t5_size: int = 80,
+    max_sequence_length: int = 16,
+    sample_size: int = 16,
+    qk_norm: str | None = None,
+) -> dict:
+    """Tiny random SD3 components (CLIP-L, CLIP-G, optionally T5, an SD3Transformer2DModel), as diffusers'
+    SD3 tests build them.
+
+    Every width differs (CLIP-L, CLIP-G, their projections, T5 = the transformer's text width) so that
+    a mixed-up split fails loudly; tokenizer 2 pads with ``!`` as SD3's CLIP-G tokenizer does. ``with_t5``
+    False leaves T5 out (``text_encoder_3`` None), as SD3 can run. ``qk_norm="rms_norm"`` makes an
+    SD3.5-shaped transformer. Images are ``2 * sample_size`` px (the VAE halves them; the transformer
+    takes 2 x 2 latent patches).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+
+    from dreamdist.tokenizers import build_t5_tokenizer
+
+    tokenizer = build_clip_tokenizer(list(WORDS), Path(folder) / "tokenizer_src")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(Path(folder) / "tokenizer_src", pad_token="!")
+    tokenizer_3 = None
+    if with_t5:
+        tokenizer_3 = build_t5_tokenizer(list(WORDS), Path(folder) / "tokenizer_3_src", max_length=max_sequence_length)
+    torch.manual_seed(seed)
+
+    def clip(hidden: int, projection: int) -> CLIPTextModelWithProjection:
+        config = CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=projection,
+            hidden_act="gelu",
+        )
+        return CLIPTextModelWithProjection(config)
+
+    text_encoder = clip(clip_sizes[0], projection_dims[0])
+    text_encoder_2 = clip(clip_sizes[1], projection_dims[1])
+    text_encoder_3 = None
+    if with_t5:
+        text_encoder_3 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizer_3),
+                d_model=t5_size,
+                d_kv=t5_size // 4,
+                d_ff=2 * t5_size,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                relative_attention_max_distance=16,
+                feed_forward_proj="gated-gelu",
+                dropout_rate=0.0,
+                pad_token_id=tokenizer_3.pad_token_id,
+                eos_token_id=tokenizer_3.eos_token_id,
+                decoder_start_token_id=tokenizer_3.pad_token_id,
+            )
+        )
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=t5_size,
+        caption_projection_dim=32,  # heads x head dim
+        pooled_projection_dim=sum(projection_dims),
+        out_channels=4,
+        pos_embed_max_size=32,
+        qk_norm=qk_norm,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=2 * sample_size,
+        scaling_factor=1.5305,  # SD3's VAE
+        shift_factor=0.0609,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "tokenizer_2": tokenizer_2,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer_3": tokenizer_3,
+        "text_encoder_3": text_encoder_3,
+        "vae": vae,
+        "transformer": transformer,
+        "scheduler": scheduler,
+    }
+
+
+def save_tiny_sd3_pipeline(folder: str | Path, **kwargs) -> Path:
+    """Write tiny SD3 components as an ordinary diffusers ``StableDiffusion3Pipeline`` folder, with a
+    ``dreamdist.json`` naming its image size and T5 length (``max_sequence_length``)."""
+    import json
+
+    from diffusers import StableDiffusion3Pipeline
+
+    folder = Path(folder)
+    parts = tiny_sd3_components(folder, **kwargs)
+    pipe = StableDiffusion3Pipeline(**parts)
+    pipe.save_pretrained(folder / "pipeline", safe_serialization=True)
+    side = parts["vae"].config.sample_size  # the image side in pixels
+    length = kwargs.get("max_sequence_length", 16)
+    defaults = {"height": side, "width": side, "max_sequence_length": length}
+    (folder / "pipeline" / "dreamdist.json").write_text(json.dumps(defaults))
+    return folder / "pipeline"

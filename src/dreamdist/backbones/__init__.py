@@ -29,9 +29,10 @@ from dreamdist.backbones.base import (
 )
 from dreamdist.backbones.flux import FluxBackbone
 from dreamdist.backbones.sd import SDBackbone
+from dreamdist.backbones.sd3 import SD3Backbone
 from dreamdist.backbones.sdxl import SDXLBackbone
 
-FAMILIES: tuple[type[Backbone], ...] = (FluxBackbone, SDXLBackbone, SDBackbone)  # detection order
+FAMILIES: tuple[type[Backbone], ...] = (FluxBackbone, SD3Backbone, SDXLBackbone, SDBackbone)  # detection order
 FAMILY_NAMES = {family.name: family.display_name for family in FAMILIES}  # "sd" -> "SD 1.x/2.x", ...
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "BackboneMismatchError",
     "FluxBackbone",
     "PromptTemplate",
+    "SD3Backbone",
     "SDBackbone",
     "SDXLBackbone",
     "controlnet_family",

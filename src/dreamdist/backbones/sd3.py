@@ -1,0 +1,489 @@
+"""The SD3 / SD3.5 family: CLIP-L, CLIP-G and T5, an MMDiT on rectified flow (METHODS.md §12).
+
+What differs from the other families, and how dreamdist represents it:
+
+- Three text encoders, each tokenized by its own tokenizer as ``StableDiffusion3Pipeline.encode_prompt``
+  does: CLIP-L (``text_encoder``) and CLIP-G (``text_encoder_2``), both ``CLIPTextModelWithProjection``
+  over 77 tokens, give their penultimate hidden states (``clip_skip`` layers earlier with
+  ``<model>/dreamdist.json``'s ``clip_skip``) and their projected EOS features; T5 (``text_encoder_3``)
+  gives its sequence over ``max_sequence_length`` tokens (``dreamdist.json``'s, else the pipeline's
+  256, at most the tokenizer's ``model_max_length``). SD3 runs without T5: then its rows are zeros
+  of the transformer's ``joint_attention_dim``, exactly as the pipeline makes them.
+- Per-token features: CLIP-L ‖ CLIP-G (zero-padded to the T5 width D) for the 77 CLIP positions,
+  then the T5 sequence, then one row holding the pooled vector (CLIP-L's ‖ CLIP-G's projections,
+  2048 wide at real size) in its first channels, zeros after (as SDXL's and Flux's pooled row):
+  ``(77 + L + 1, D)``.
+- Soft tokens live in the input embeddings of every encoder present: a token vector is joint, its
+  CLIP-L row, CLIP-G row and T5 row side by side (``token_parts`` splits it). The fixed words around
+  the learned slots are laid out per tokenizer (``SD3PromptTemplate``): CLIP-L and CLIP-G share one
+  vocabulary but pad differently (CLIP-G pads with ``!``), T5 has no BOS (Flux's ``t5_layout``).
+- The denoiser is an ``SD3Transformer2DModel`` (it patchifies the latents itself) trained with
+  rectified flow (``noise.FlowMatchNoise``, the scheduler's ``shift``: 3.0 for SD3.5). Unlike Flux,
+  it takes the scheduler's timesteps as they are: ``t = sigma * num_train_timesteps``.
+- Generation uses real classifier-free guidance (``guidance_scale``, the pipeline's default 7.0)
+  against the negative prompt's embeddings, encoded as the pipeline encodes negatives (no clip skip).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+from dreamdist.backbones.base import PROBE_ROWS, Backbone, PromptTemplate, read_generation_defaults, read_index
+from dreamdist.backbones.flux import t5_layout
+from dreamdist.backbones.noise import FlowMatchNoise
+
+SD3_MAX_SEQUENCE = 256  # StableDiffusion3Pipeline's default T5 length
+SD3_GUIDANCE = 7.0  # StableDiffusion3Pipeline's default guidance_scale
+
+
+@dataclass
+class SD3PromptTemplate:
+    """A soft prompt's fixed words laid out for each tokenizer: ``clip_l`` and ``clip_g`` (BOS prefix [M]
+    suffix EOS pads, each with its own pad token) and ``t5`` (prefix [M] suffix </s> pads; None without T5)."""
+
+    clip_l: PromptTemplate
+    clip_g: PromptTemplate
+    t5: PromptTemplate | None
+
+
+def is_sd3_transformer(folder: Path) -> bool:
+    """Whether ``folder/transformer/config.json`` is an ``SD3Transformer2DModel``'s."""
+    config = folder / "transformer" / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("_class_name") == "SD3Transformer2DModel"
+    except (OSError, ValueError):
+        return False
+
+
+def has_t5(path: str) -> bool:
+    """Whether a pipeline folder holds a T5 encoder: listed (not null) in ``model_index.json``, else a
+    ``text_encoder_3/`` sub-folder."""
+    index = read_index(path)
+    if index is not None and "text_encoder_3" in index:
+        entry = index["text_encoder_3"]
+        return isinstance(entry, (list, tuple)) and entry[0] is not None
+    return (Path(path) / "text_encoder_3").is_dir()
+
+
+def clip_hidden_states(encoder, token_embeds: torch.Tensor) -> list[torch.Tensor]:
+    """A CLIP text transformer from (B, 77, d) token embeddings, with an explicit causal mask.
+
+    Returns ``hidden_states`` as ``output_hidden_states=True`` gives them: the embeddings' output, then
+    each layer's, each (B, 77, d) (the last one before the final layer norm).
+    """
+    model = getattr(encoder, "text_model", encoder)
+    hidden = model.embeddings(inputs_embeds=token_embeds.to(encoder.dtype))  # (B, L, d) + positions
+    batch, length = hidden.shape[:2]
+    blocked = torch.ones(length, length, dtype=torch.bool, device=hidden.device).triu(1)
+    mask = torch.zeros(length, length, dtype=hidden.dtype, device=hidden.device)
+    mask = mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)[None, None].expand(batch, 1, length, length)
+    states = [hidden]
+    for layer in model.encoder.layers:
+        states.append(layer(states[-1], mask))  # (B, L, d)
+    return states
+
+
+@dataclass
+class SD3Backbone(Backbone):
+    """An SD3 / SD3.5 checkpoint: ``tokenizer``/``text_encoder`` (CLIP-L), ``tokenizer_2``/``text_encoder_2``
+    (CLIP-G), optionally ``tokenizer_3``/``text_encoder_3`` (T5), VAE (with ``shift_factor``), ``transformer``
+    and the flow-matching scheduler."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModelWithProjection
+    tokenizer_2: CLIPTokenizer
+    text_encoder_2: CLIPTextModelWithProjection
+    tokenizer_3: T5TokenizerFast | None
+    text_encoder_3: T5EncoderModel | None
+    vae: AutoencoderKL
+    transformer: SD3Transformer2DModel
+    scheduler: FlowMatchEulerDiscreteScheduler
+    model_id: str = "components"
+    scheduler_config: dict = field(default_factory=dict)
+    generation_defaults: dict = field(default_factory=dict)
+    max_sequence_length: int = SD3_MAX_SEQUENCE
+    clip_skip: int | None = None
+
+    name = "sd3"
+    display_name = "SD3"
+    methods = ("dreamdistribution",)
+    pipelines = {"text2img": "StableDiffusion3Pipeline"}
+    denoiser_name = "transformer"
+    text_encoder_names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    lora_targets = {}
+    kohya_prefixes = {}
+
+    def __post_init__(self) -> None:
+        if not self.scheduler_config:
+            self.scheduler_config = dict(self.scheduler.config)
+        if (self.tokenizer_3 is None) != (self.text_encoder_3 is None):
+            raise ValueError("SD3Backbone takes tokenizer_3 and text_encoder_3 together, or neither (no T5)")
+        if self.text_encoder_3 is not None and int(self.text_encoder_3.config.d_model) != self.feature_dim:
+            raise ValueError(
+                f"the T5 width {self.text_encoder_3.config.d_model} differs from the transformer's "
+                f"joint_attention_dim {self.feature_dim}"
+            )
+        clip_width = sum(int(e.config.hidden_size) for e in (self.text_encoder, self.text_encoder_2))
+        if max(clip_width, self.pooled_dim) > self.feature_dim:
+            raise ValueError(
+                f"the CLIP features ({clip_width} wide, pooled {self.pooled_dim}) exceed the T5 width {self.feature_dim}"
+            )
+        self._negatives: dict[str, torch.Tensor] = {}  # negative prompt -> (77 + L + 1, D) features
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def recognises(cls, index: dict | None, folder: Path) -> bool:
+        """A ``StableDiffusion3*Pipeline`` in ``model_index.json``, or a ``transformer/`` that is an
+        SD3Transformer2DModel."""
+        if str((index or {}).get("_class_name", "")).startswith("StableDiffusion3"):
+            return True
+        return is_sd3_transformer(Path(folder))
+
+    @classmethod
+    def load(
+        cls, path: str, model_id: str, device: torch.device, dtype: torch.dtype, allow_pickle: bool = False
+    ) -> SD3Backbone:
+        """Load an SD3 / SD3.5 pipeline folder or cached hub id, with or without T5 (see ``Backbone.from_pretrained``)."""
+        safe = {} if allow_pickle else {"use_safetensors": True}
+        clip = CLIPTextModelWithProjection
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+            tokenizer_2 = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2")
+            text_encoder = clip.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype, **safe)
+            text_encoder_2 = clip.from_pretrained(path, subfolder="text_encoder_2", torch_dtype=dtype, **safe)
+            tokenizer_3 = text_encoder_3 = None
+            if has_t5(path):
+                tokenizer_3 = T5TokenizerFast.from_pretrained(path, subfolder="tokenizer_3")
+                text_encoder_3 = T5EncoderModel.from_pretrained(
+                    path, subfolder="text_encoder_3", torch_dtype=dtype, **safe
+                )
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **safe)
+            transformer = SD3Transformer2DModel.from_pretrained(
+                path, subfolder="transformer", torch_dtype=dtype, **safe
+            )
+            scheduler_config = FlowMatchEulerDiscreteScheduler.load_config(path, subfolder="scheduler")
+        except (OSError, ValueError) as exc:
+            hint = " Pass --allow-pickle for .bin weights." if "safetensors" in str(exc).lower() else ""
+            raise OSError(
+                f"could not load an SD3 checkpoint from {model_id!r}: {exc}\nPass a diffusers StableDiffusion3Pipeline "
+                "folder (tokenizer/, tokenizer_2/, text_encoder/, text_encoder_2/, optionally tokenizer_3/ and "
+                f"text_encoder_3/, vae/, transformer/, scheduler/) or a hub id that is cached locally.{hint}"
+            ) from exc
+        if len(tokenizer) != len(tokenizer_2) or tokenizer.eos_token_id != tokenizer_2.eos_token_id:
+            raise OSError(
+                f"{model_id!r}: tokenizer and tokenizer_2 have different vocabularies ({len(tokenizer)} vs "
+                f"{len(tokenizer_2)} tokens); dreamdist needs SD3's shared CLIP vocabulary"
+            )
+        defaults = read_generation_defaults(path)
+        length = int(defaults.get("max_sequence_length", SD3_MAX_SEQUENCE))
+        limit = getattr(tokenizer_3, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < length:
+            length = limit
+        clip_skip = defaults.get("clip_skip")
+        backbone = cls(
+            tokenizer,
+            text_encoder,
+            tokenizer_2,
+            text_encoder_2,
+            tokenizer_3,
+            text_encoder_3,
+            vae,
+            transformer,
+            FlowMatchEulerDiscreteScheduler.from_config(scheduler_config),
+            model_id,
+            dict(scheduler_config),
+            defaults,
+            max_sequence_length=length,
+            clip_skip=None if clip_skip is None else int(clip_skip),
+        )
+        return backbone.to(device, dtype)
+
+    # ---------------------------------------------------------------- shapes
+    @property
+    def named_text_encoders(self) -> dict[str, torch.nn.Module]:
+        """The text encoders present (T5 may be absent), by pipeline-module name."""
+        encoders = {name: getattr(self, name) for name in self.text_encoder_names}
+        return {name: encoder for name, encoder in encoders.items() if encoder is not None}
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return list(self.named_text_encoders.values())
+
+    @property
+    def tokenizers(self) -> list:
+        return [t for t in (self.tokenizer, self.tokenizer_2, self.tokenizer_3) if t is not None]
+
+    @property
+    def token_widths(self) -> list[int]:
+        """Width of each present encoder's input token vectors (768, 1280, 4096 for real SD3)."""
+        return [int(e.get_input_embeddings().weight.shape[1]) for e in self.text_encoders]
+
+    @property
+    def token_dim(self) -> int:
+        return sum(self.token_widths)
+
+    @property
+    def feature_dim(self) -> int:
+        """D: the transformer's text width, T5's (4096 for real SD3)."""
+        return int(self.transformer.config.joint_attention_dim)
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled vector: both CLIP projections (768 + 1280 for real SD3)."""
+        return int(self.text_encoder.config.projection_dim) + int(self.text_encoder_2.config.projection_dim)
+
+    @property
+    def clip_length(self) -> int:
+        """CLIP's token count (the pipeline's ``tokenizer_max_length``, 77)."""
+        return int(self.tokenizer.model_max_length)
+
+    @property
+    def token_embedding(self) -> torch.nn.Embedding:
+        """CLIP-L's token table (the joint vectors are ``token_rows``)."""
+        return self.text_encoder.get_input_embeddings()
+
+    @property
+    def sample_size(self) -> int:
+        """Default image side: the model folder's ``height``, else the pipeline's (transformer sample size x VAE)."""
+        return int(self.generation_defaults.get("height", self.transformer.config.sample_size * self.vae_scale_factor))
+
+    @property
+    def prediction_type(self) -> str:
+        return FlowMatchNoise.prediction_type
+
+    # ---------------------------------------------------------------- tokens
+    def token_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N,) CLIP ids -> (N, d_tok) fp32 CPU rows: CLIP-L's and CLIP-G's rows (one vocabulary), zeros for
+        T5 (its vocabulary differs; the nearest-word display then ranks by the CLIP parts)."""
+        rows = []
+        for encoder in (self.text_encoder, self.text_encoder_2):
+            table = encoder.get_input_embeddings().weight
+            rows.append(table[ids.to(table.device)].detach().float().cpu())  # (N, d_i)
+        rows.append(torch.zeros(len(ids), self.token_dim - sum(r.shape[1] for r in rows)))  # (N, d_t5) or (N, 0)
+        return torch.cat(rows, dim=-1)
+
+    def probe_rows(self) -> torch.Tensor:
+        """(PROBE_ROWS, d_tok): rows spread over every present encoder's vocabulary, side by side."""
+        rows = []
+        for encoder in self.text_encoders:
+            table = encoder.get_input_embeddings().weight
+            ids = torch.linspace(0, table.shape[0] - 1, PROBE_ROWS).long().to(table.device)
+            rows.append(table[ids].detach().float().cpu())
+        return torch.cat(rows, dim=-1)
+
+    def set_token_rows(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
+        raise ValueError("SD3 backbones take no new vocabulary tokens yet (textual inversion is not available)")
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        raise ValueError("CLIP and T5 ids differ on SD3: encode text with encode_text, soft prompts with a template")
+
+    def token_parts(self, vectors: torch.Tensor) -> list[torch.Tensor]:
+        """(N, d_tok) -> [(N, d_l) CLIP-L, (N, d_g) CLIP-G, (N, d_t5) T5 when present]."""
+        return list(vectors.split(self.token_widths, dim=-1))
+
+    # ---------------------------------------------------------------- text
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> (B, 77) CLIP-L ids (the CLIP vocabulary both CLIP encoders share)."""
+        return self._ids(self.tokenizer, texts, self.clip_length)
+
+    def _ids(self, tokenizer, texts: list[str], length: int) -> torch.Tensor:
+        """(B, length) ids of ``texts``, padded and truncated as StableDiffusion3Pipeline tokenizes them."""
+        return tokenizer(
+            texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+
+    def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, 77) CLIP ids -> (B,) index of the first EOS (CLIP's pooled position)."""
+        return (input_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1)
+
+    def clip_features(
+        self, encoder, token_embeds: torch.Tensor, eos_positions: torch.Tensor, clip_skip: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One CLIP encoder from (B, 77, d) token embeddings and (B,) EOS indices, as the pipeline reads it.
+
+        Returns ``hidden_states[-(clip_skip + 2)]`` (B, 77, d) (the penultimate layer when ``clip_skip``
+        is None) and the projected pooled feature ``text_embeds`` (B, d_proj).
+        """
+        states = clip_hidden_states(encoder, token_embeds)  # embeddings + one per layer, each (B, 77, d)
+        hidden = states[-(clip_skip + 2)] if clip_skip is not None else states[-2]
+        last = encoder.text_model.final_layer_norm(states[-1])
+        eos = last[torch.arange(last.shape[0], device=last.device), eos_positions]  # (B, d)
+        return hidden, encoder.text_projection(eos)  # (B, 77, d), (B, d_proj)
+
+    def t5_sequence(self, token_embeds: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """(B, L, d_t5) T5 input embeddings -> (B, L, D) encoder output (no mask, as the pipeline); without T5,
+        (batch, L, D) zeros as the pipeline makes them."""
+        if self.text_encoder_3 is None:
+            return torch.zeros(batch, self.max_sequence_length, self.feature_dim, device=self.device, dtype=self.dtype)
+        return self.text_encoder_3(inputs_embeds=token_embeds.to(self.text_encoder_3.dtype)).last_hidden_state
+
+    def join_features(
+        self, clip_l: torch.Tensor, clip_g: torch.Tensor, t5: torch.Tensor, pooled: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, 77, d_l), (B, 77, d_g), (B, L, D) and (B, d_pool) -> (B, 77 + L + 1, D) prompt features."""
+        clip = torch.cat([clip_l, clip_g.to(clip_l.dtype)], dim=-1)  # (B, 77, d_l + d_g)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1])).to(t5.dtype)  # (B, 77, D)
+        row = torch.zeros((pooled.shape[0], 1, t5.shape[-1]), dtype=t5.dtype, device=t5.device)
+        row[:, 0, : pooled.shape[-1]] = pooled.to(t5.dtype)  # (B, 1, D)
+        return torch.cat([clip, t5, row], dim=-2)
+
+    def split_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., 77 + L + 1, D) -> ``prompt_embeds`` (..., 77 + L, D) and ``pooled_prompt_embeds`` (..., d_pool)."""
+        return features[..., :-1, :], features[..., -1, : self.pooled_dim]
+
+    def encode_prompt_embeds(
+        self, token_embeds: torch.Tensor, eos_positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise ValueError("SD3 prompts are encoded per tokenizer: use encode_text or encode_soft_prompts")
+
+    def encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        raise ValueError("CLIP and T5 ids differ on SD3: encode text with encode_text")
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Plain prompts -> (B, 77 + L + 1, D) prompt features, as StableDiffusion3Pipeline.encode_prompt
+        computes them (with the backbone's ``clip_skip``)."""
+        return self.encode_text_skipping(texts, self.clip_skip)
+
+    def encode_text_skipping(self, texts: list[str], skip: int | None) -> torch.Tensor:
+        """``encode_text`` reading the CLIP states ``skip`` layers before the penultimate (None: the penultimate)."""
+        parts = []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = self._ids(tokenizer, texts, self.clip_length)  # (B, 77)
+            parts.append(
+                self.clip_features(encoder, encoder.get_input_embeddings()(ids), self.eos_positions(ids), skip)
+            )
+        t5_embeds = None
+        if self.text_encoder_3 is not None:
+            t5_ids = self._ids(self.tokenizer_3, texts, self.max_sequence_length)  # (B, L)
+            t5_embeds = self.text_encoder_3.get_input_embeddings()(t5_ids)  # (B, L, d_t5)
+        pooled = torch.cat([parts[0][1], parts[1][1]], dim=-1)  # (B, d_pool)
+        return self.join_features(parts[0][0], parts[1][0], self.t5_sequence(t5_embeds, len(texts)), pooled)
+
+    def prompt_template(self, num_tokens: int, prefix: str = "", suffix: str = "") -> SD3PromptTemplate:
+        """CLIP-L's, CLIP-G's and T5's layouts of ``prefix [num_tokens slots] suffix``."""
+        t5 = None
+        if self.tokenizer_3 is not None:
+            t5 = t5_layout(self.tokenizer_3, self.max_sequence_length, num_tokens, prefix, suffix)
+        return SD3PromptTemplate(
+            clip_l=PromptTemplate.layout(self.tokenizer, num_tokens, prefix, suffix),
+            clip_g=PromptTemplate.layout(self.tokenizer_2, num_tokens, prefix, suffix),
+            t5=t5,
+        )
+
+    def encode_soft_prompts(
+        self, vectors: torch.Tensor, template: SD3PromptTemplate
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft prompts through every encoder present: each part of the joint vectors into its encoder.
+
+        Args:
+            vectors: (N, M, d_tok) joint learned token vectors (CLIP-L ‖ CLIP-G ‖ T5 parts).
+            template: ``prompt_template``'s per-tokenizer layouts.
+        Returns:
+            features (N, 77 + L + 1, D) and the pooled vectors (N, d_pool).
+        """
+        n = vectors.shape[0]
+        layouts = [template.clip_l, template.clip_g, template.t5][: len(self.text_encoders)]
+        embeds = []
+        for encoder, part, layout in zip(self.text_encoders, self.token_parts(vectors), layouts):
+            table = encoder.get_input_embeddings()
+            before = table(layout.before.to(self.device)).expand(n, -1, -1)  # (N, a, d_i)
+            after = table(layout.after.to(self.device)).expand(n, -1, -1)  # (N, b, d_i)
+            embeds.append(torch.cat([before, part.to(before.dtype), after], dim=1))  # (N, L_i, d_i)
+        eos = torch.full((n,), template.clip_l.eos_position, device=self.device)  # same words: same EOS in both
+        clip_l, pooled_l = self.clip_features(self.text_encoder, embeds[0], eos, self.clip_skip)
+        clip_g, pooled_g = self.clip_features(self.text_encoder_2, embeds[1], eos, self.clip_skip)
+        t5 = self.t5_sequence(embeds[2] if len(embeds) > 2 else None, n)  # (N, L, D)
+        pooled = torch.cat([pooled_l, pooled_g], dim=-1)  # (N, d_pool)
+        return self.join_features(clip_l, clip_g, t5, pooled), pooled
+
+    # ---------------------------------------------------------------- training
+    @property
+    def noise_process(self) -> FlowMatchNoise:
+        """Rectified flow with the scheduler config's ``shift`` (3.0 for SD3.5; logit-normal timestep density)."""
+        return FlowMatchNoise.from_scheduler_config(self.scheduler_config)
+
+    @property
+    def default_guidance(self) -> float:
+        """The model folder's ``guidance_scale``, else the pipeline's 7.0."""
+        return float(self.generation_defaults.get("guidance_scale", SD3_GUIDANCE))
+
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The transformer's velocity for (N, C, h, w) noisy latents, (N,) t in (0, 1) and (N, 77 + L + 1, D)
+        features; the transformer takes ``t * num_train_timesteps``, the scheduler's timesteps, as the pipeline
+        passes them."""
+        dtype = self.transformer.dtype
+        hidden, pooled = self.split_features(features.to(dtype))  # (N, 77 + L, D), (N, d_pool)
+        scale = float(self.scheduler_config.get("num_train_timesteps", 1000))
+        return self.transformer(
+            hidden_states=noisy.to(dtype),
+            timestep=(timesteps.to(self.device, torch.float32) * scale).to(dtype),
+            encoder_hidden_states=hidden,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]  # (N, C, h, w)
+
+    def bucket_step(self, size: int) -> int:
+        """Bucket sides are multiples of one transformer patch in pixels, and at least size / 16."""
+        return max(int(self.transformer.config.patch_size) * self.vae_scale_factor, size // 16)
+
+    # ---------------------------------------------------------------- generation
+    def negative_features(self, text: str) -> torch.Tensor:
+        """(77 + L + 1, D) features of the negative prompt (cached; no clip skip, as the pipeline encodes negatives)."""
+        if text not in self._negatives:
+            with torch.no_grad():
+                self._negatives[text] = self.encode_text_skipping([text], None)[0]
+        return self._negatives[text]
+
+    def pipeline_call_kwargs(self, features: torch.Tensor, negative_prompt: str, guidance_scale: float) -> dict:
+        """``prompt_embeds`` + ``pooled_prompt_embeds``, ``guidance_scale``, and above 1 the negative prompt's
+        embeddings (``negative_prompt_embeds``, ``negative_pooled_prompt_embeds``)."""
+        embeds, pooled = self.split_features(features)  # (b, 77 + L, D), (b, d_pool)
+        kwargs = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "guidance_scale": guidance_scale}
+        if guidance_scale <= 1:  # the pipeline runs no classifier-free guidance then
+            return kwargs
+        negative = self.negative_features(negative_prompt).to(features.device, features.dtype)
+        negative_embeds, negative_pooled = self.split_features(negative.expand(len(features), -1, -1))
+        return {**kwargs, "negative_prompt_embeds": negative_embeds, "negative_pooled_prompt_embeds": negative_pooled}
+
+    # ---------------------------------------------------------------- files
+    def assemble_pipeline(self, kind: str, scheduler, controlnet=None):
+        """A ``StableDiffusion3Pipeline`` over the backbone's modules (T5 may be None; no progress bar)."""
+        if controlnet is not None:
+            raise ValueError("ControlNet is not available on SD3 backbones yet")
+        parts = {
+            "transformer": self.transformer,
+            "scheduler": scheduler,
+            "vae": self.vae,
+            "text_encoder": self.text_encoder,
+            "tokenizer": self.tokenizer,
+            "text_encoder_2": self.text_encoder_2,
+            "tokenizer_2": self.tokenizer_2,
+            "text_encoder_3": self.text_encoder_3,
+            "tokenizer_3": self.tokenizer_3,
+        }
+        pipe = self.pipeline_class(kind)(**parts)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    # ---------------------------------------------------------------- identity
+    def shape_facts(self) -> dict:
+        """CLIP vocabulary, joint token width, T5 width and length, pooled width, whether T5 is present."""
+        t5 = self.text_encoder_3
+        return {
+            "vocab_size": int(self.token_embedding.weight.shape[0]),
+            "t5_vocab_size": 0 if t5 is None else int(t5.get_input_embeddings().weight.shape[0]),
+            "token_dim": self.token_dim,
+            "hidden_dim": self.feature_dim,
+            "pooled_dim": self.pooled_dim,
+            "max_length": self.max_sequence_length,
+            "cross_attention_dim": self.feature_dim,
+            "t5": t5 is not None,
+        }
