@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
+from PIL import Image
 
 from dreamdist.artifact import load_artifact
 from dreamdist.backbones import (
@@ -25,6 +26,7 @@ from dreamdist.backbones import (
 from dreamdist.backbones.noise import FlowMatchNoise
 from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.generation import generate
+from dreamdist.methods import sampler_for
 from dreamdist.methods.dreamdistribution import artifact_features, artifact_stats
 from dreamdist.pipeline import make_pipeline
 from dreamdist.prompt_distribution import PromptTemplate, encode_prompts
@@ -224,6 +226,33 @@ def test_plain_sd3_pipeline_draws_the_same_image_from_the_same_embeddings(dd_run
     assert np.abs(unguided - ours).max() > 0  # guidance changes the image
 
 
+def test_img2img_draws_the_plain_pipelines_image(dd_run, sd3, sd3_model, tmp_path):
+    """--pipeline img2img: image 0 equals StableDiffusion3Img2ImgPipeline's for the same embeddings and
+    generator, at batch 1 and 2."""
+    inputs = write_images(tmp_path / "inputs", 1, size=(32, 32))
+    files = {"pipeline": "img2img", "init_image": str(inputs / "img_00.png"), "strength": 0.5}
+    together = gen(tmp_path / "b2", dd_run, num_images=2, batch_size=2, **files)
+    alone = gen(tmp_path / "b1", dd_run, num_images=1, batch_size=1, **files)[0]
+    assert np.abs(together[0] - alone).max() <= 1
+    config = GenerateConfig(out=str(tmp_path / "x"), artifacts=[str(dd_run)], seed=3, guidance_scale=3.0)
+    generator = torch.Generator().manual_seed(3)
+    features, _ = sampler_for(sd3, [load_artifact(dd_run)], config)(0, generator)  # (94, 80), omega drawn
+    embeds, pooled = sd3.split_features(features[None])
+    pipe = sd3.pipeline_class("img2img").from_pretrained(str(sd3_model))
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        prompt_embeds=embeds,
+        pooled_prompt_embeds=pooled,
+        guidance_scale=3.0,
+        max_sequence_length=LENGTH,
+        num_inference_steps=2,
+        generator=[generator],
+        image=[Image.open(inputs / "img_00.png").convert("RGB")],
+        strength=0.5,
+    ).images[0]
+    assert np.abs(np.asarray(image, dtype=np.int16) - alone).max() <= 1
+
+
 def test_dreamdistribution_generates_the_same_images_whatever_the_batch_size(dd_run, tmp_path):
     together = gen(tmp_path / "a", dd_run, batch_size=3)
     alone = gen(tmp_path / "b", dd_run, batch_size=1)
@@ -267,9 +296,10 @@ def test_other_methods_are_refused_by_name_on_sd3(method, refs, sd3_model, tmp_p
         train(config, example_config(method))
 
 
-def test_sd3_img2img_pipeline_is_refused_by_name(sd3):
-    with pytest.raises(ValueError, match="--pipeline img2img does not exist for SD3"):
-        sd3.check_pipeline("img2img")
+@pytest.mark.parametrize("kind", ["inpaint", "controlnet"])
+def test_sd3_inpaint_and_controlnet_pipelines_are_refused_by_name(kind, sd3):
+    with pytest.raises(ValueError, match=f"--pipeline {kind} does not exist for SD3"):
+        sd3.check_pipeline(kind)
 
 
 def test_sd_and_flux_artifacts_are_refused_on_sd3_by_family_name(dd_run, sd3, tiny_model, tmp_path):

@@ -115,7 +115,10 @@ class SD3Backbone(Backbone):
     name = "sd3"
     display_name = "SD3"
     methods = ("dreamdistribution",)
-    pipelines = {"text2img": "StableDiffusion3Pipeline"}
+    pipelines = {
+        "text2img": "StableDiffusion3Pipeline",
+        "img2img": "StableDiffusion3Img2ImgPipeline",
+    }
     denoiser_name = "transformer"
     text_encoder_names = ("text_encoder", "text_encoder_2", "text_encoder_3")
     lora_targets = {}
@@ -455,7 +458,7 @@ class SD3Backbone(Backbone):
 
     # ---------------------------------------------------------------- files
     def assemble_pipeline(self, kind: str, scheduler, controlnet=None):
-        """A ``StableDiffusion3Pipeline`` over the backbone's modules (T5 may be None; no progress bar)."""
+        """A ``StableDiffusion3*Pipeline`` of ``kind`` over the backbone's modules (T5 may be None; no progress bar)."""
         if controlnet is not None:
             raise ValueError("ControlNet is not available on SD3 backbones yet")
         parts = {
