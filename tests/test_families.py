@@ -42,7 +42,7 @@ def test_the_registry_names_every_family_once():
         family_class("sd4")
     for family in (SDXLBackbone, SDBackbone):  # every registered method trains on SD and SDXL
         assert sorted(family.methods) == method_names()
-    assert family_class("flux").methods == ("dreamdistribution",)  # Flux.1: DreamDistribution only, so far
+    assert family_class("flux").methods == ("dreamdistribution", "textual-inversion", "dreambooth")  # Flux.1
 
 
 def test_detection_reads_the_model_index_or_the_sub_folders(tiny_model, sdxl_model, tmp_path):

@@ -4,12 +4,15 @@ diffusers pipeline; the flow-matching noise process; the family's doors."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
 from diffusers import FluxPipeline
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from dreamdist.artifact import load_artifact
 from dreamdist.backbones import Backbone, BackboneMismatchError, FluxBackbone, detect_family
@@ -17,6 +20,7 @@ from dreamdist.backbones.noise import FlowMatchNoise
 from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.generation import generate
 from dreamdist.methods.dreamdistribution import artifact_features, artifact_stats
+from dreamdist.methods.textual_inversion import load_token_file
 from dreamdist.prompt_distribution import PromptTemplate, encode_prompts
 from dreamdist.testing import example_config, save_tiny_flux_pipeline, write_images
 from dreamdist.training.loop import train
@@ -189,10 +193,13 @@ def test_a_mix_of_two_flux_runs_generates(dd_run, tmp_path):
 
 
 # ---------------------------------------------------------------- doors
-@pytest.mark.parametrize("method", ["textual-inversion", "dreambooth"])
-def test_other_methods_are_refused_by_name_on_flux(method, refs, flux_model, tmp_path):
+@pytest.mark.parametrize(
+    "method, why", [("custom-diffusion", "no separate cross-attention"), ("two-stage", "SD's UNet only")]
+)
+def test_other_methods_are_refused_by_name_and_reason_on_flux(method, why, refs, flux_model, tmp_path):
     config = TrainConfig(images=str(refs), out=str(tmp_path / "run"), model=str(flux_model), method=method, steps=1)
-    with pytest.raises(ValueError, match=f"{method} is not available on Flux.1 backbones.*dreamdistribution"):
+    pattern = f"{method} is not available on Flux.1 backbones \\(.*{why}.*\\).*dreamdistribution, textual-inversion"
+    with pytest.raises(ValueError, match=pattern):
         train(config, example_config(method))
 
 
@@ -210,3 +217,130 @@ def test_artifacts_refuse_the_other_backbone_family(dd_run, flux, tiny_model, tm
         sd.check_compatible(artifact.meta["backbone"], artifact.tensors["backbone.probe"], "run")
     with pytest.raises(BackboneMismatchError, match="--model"):
         generate(GenerateConfig(out=str(tmp_path / "g"), artifacts=[str(dd_run)], model=str(tiny_model)))
+
+
+# ---------------------------------------------------------------- Textual Inversion, DreamBooth(-LoRA)
+def run_method(refs, model, out, method: str, steps: int = 2, learning_rate=None, **options):
+    config = TrainConfig(
+        images=str(refs),
+        out=str(out),
+        model=str(model),
+        method=method,
+        steps=steps,
+        batch_size=2,
+        learning_rate=learning_rate,
+        progress=False,
+        checkpoint_every=0,
+    )
+    return train(config, example_config(method, **options))
+
+
+def plain_pipe(model) -> FluxPipeline:
+    pipe = FluxPipeline.from_pretrained(str(model))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipe_image(pipe, prompt: str, seed: int = 3) -> np.ndarray:
+    """A plain FluxPipeline image with dreamdist's generation settings in ``gen`` (guidance 3, 2 steps)."""
+    embedded = bool(pipe.transformer.config.guidance_embeds)
+    guidance = {"guidance_scale": 3.0} if embedded else {"negative_prompt": "", "true_cfg_scale": 3.0}
+    image = pipe(
+        prompt,
+        **guidance,
+        max_sequence_length=LENGTH,
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(seed),
+    ).images[0]
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_joint_ids_encode_as_the_pipeline_and_splice_placeholders_into_both_encoders(flux_model):
+    flux = Backbone.from_pretrained(flux_model, device="cpu")  # its own copy: tokens are added below
+    ids = flux.tokenize(["a red dog"])  # (1, 77 + 16): CLIP's ids, then T5's
+    assert ids.shape == (1, 77 + LENGTH) and int(flux.eos_positions(ids)[0]) == 4  # BOS a red dog EOS
+    token_ids = flux.add_tokens(["<p>"])  # (1,) CLIP id; T5 has it too
+    assert "<p>" in flux.tokenizer_2.get_vocab() and len(flux.tokenizer_2) == flux.text_encoder_2.shared.num_embeddings
+    vectors = torch.randn(1, CLIP + T5, requires_grad=True)
+    embeds = flux.splice_tokens(flux.tokenize(["a <p> dog"]), token_ids, vectors)  # (1, 93, 80)
+    features, _ = flux.encode_prompt_embeds(embeds, flux.eos_positions(flux.tokenize(["a <p> dog"])))
+    features.square().sum().backward()
+    assert float(vectors.grad[0, :CLIP].abs().sum()) > 0 and float(vectors.grad[0, CLIP:].abs().sum()) > 0
+    flux.set_token_rows(token_ids, vectors.detach())
+    assert torch.equal(flux.token_rows(token_ids), vectors.detach())  # both rows, found by the CLIP id
+    with torch.no_grad():
+        assert torch.allclose(flux.encode_text(["a <p> dog"]), features, atol=1e-6)  # the tables say the same
+
+
+def test_textual_inversion_file_holds_clip_and_t5_rows_and_loads_into_a_plain_flux_pipeline(refs, flux_model, tmp_path):
+    token = "<flux-toy>"
+    options = dict(learning_rate=0.5, init_word="toy", token=token, num_vectors=2)
+    run = run_method(refs, flux_model, tmp_path / "run", "textual-inversion", **options)
+    learned = load_artifact(run).tensors["token_embeds"]  # (2, 80): CLIP row + T5 row per vector
+    init = Backbone.from_pretrained(flux_model, device="cpu").word_row("toy", "--init-word")  # (80,)
+    assert learned.shape == (2, CLIP + T5)
+    assert not torch.allclose(learned[:, :CLIP], init[:CLIP]) and not torch.allclose(learned[:, CLIP:], init[CLIP:])
+    path = run / "learned_embeds.safetensors"
+    state = load_file(str(path))
+    assert set(state) == {"clip_l", "t5"}  # the pivotal-tuning scripts' layout
+    assert torch.equal(torch.cat([state["clip_l"], state["t5"]], -1), learned)
+    with safe_open(str(path), framework="pt") as handle:
+        about = json.loads(handle.metadata()["dreamdist_textual_inversion"])
+    assert about["token"] == token and about["family"] == "flux"
+    assert about["encoders"] == {"clip_l": "text_encoder", "t5": "text_encoder_2"}
+    pipe = plain_pipe(flux_model)
+    before = pipe_image(pipe, "a photo of toy")
+    assert load_token_file(pipe, run) == [token, f"{token}_1"]
+    for tokenizer, encoder, part in (
+        (pipe.tokenizer, pipe.text_encoder, "clip_l"),
+        (pipe.tokenizer_2, pipe.text_encoder_2, "t5"),
+    ):
+        rows = encoder.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids([token, f"{token}_1"])]
+        assert torch.equal(rows, state[part])
+    after = pipe_image(pipe, f"a photo of {token}")
+    assert np.abs(after - before).max() > 0  # the learned token changes the image
+    ours = gen(tmp_path / "gen", run, prompt="a photo of {}", num_images=1)[0]  # dreamdist's own generation
+    assert np.abs(ours - after).max() <= 1
+
+
+def test_dreambooth_lora_loads_with_load_lora_weights(refs, flux_model, tmp_path):
+    options = dict(learning_rate=1e-2, class_noun="dog", lora=True, class_images=2, class_inference_steps=1)
+    run = run_method(refs, flux_model, tmp_path / "run", "dreambooth", **options)
+    assert len(list((run / "class_images").glob("*.png"))) == 2  # prior preservation ran (the default)
+    keys = load_file(str(run / "pytorch_lora_weights.safetensors"))
+    assert all(key.startswith("transformer.") for key in keys)
+    adapted = {key.split(".lora_")[0].split(".attn.")[-1] for key in keys}  # peft's names, as diffusers' script
+    assert adapted == {"to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}
+    pipe = plain_pipe(flux_model)
+    before = pipe_image(pipe, "a sks dog")
+    pipe.load_lora_weights(str(run))
+    after = pipe_image(pipe, "a sks dog")
+    assert np.abs(after - before).max() > 0
+    ours = gen(tmp_path / "gen", run, prompt="a {}", num_images=1)[0]
+    assert np.abs(ours - after).max() <= 1
+
+
+def test_dreambooth_without_prior_trains_lora_and_full_weights(refs, flux_model, tmp_path):
+    lora = run_method(
+        refs, flux_model, tmp_path / "lora", "dreambooth", learning_rate=1e-2, lora=True, prior_preservation=False
+    )
+    assert not (lora / "class_images").exists() and (lora / "pytorch_lora_weights.safetensors").is_file()
+    full = run_method(refs, flux_model, tmp_path / "full", "dreambooth", learning_rate=1e-3, prior_preservation=False)
+    ours = gen(tmp_path / "gen", full, prompt="a {}", num_images=1)[0]
+    saved = pipe_image(plain_pipe(full / "pipeline"), "a sks dog")  # the fine-tuned FluxPipeline folder
+    assert np.abs(ours - saved).max() <= 1
+    assert np.abs(saved - pipe_image(plain_pipe(flux_model), "a sks dog")).max() > 0
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(lora=True, export="kohya"), "--export kohya: dreamdist has no kohya LoRA format for Flux.1.*load_lora"),
+        (dict(lora=True, train_text_encoder=True), "text encoders \\['text_encoder', 'text_encoder_2'\\] have no LoRA"),
+    ],
+)
+def test_dreambooth_options_without_a_flux_file_format_are_refused(options, message, refs, flux_model, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        run_method(refs, flux_model, tmp_path / "run", "dreambooth", prior_preservation=False, **options)

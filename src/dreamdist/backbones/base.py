@@ -10,15 +10,17 @@ and pipeline-kind doors. Everything else is a hook (``NotImplementedError`` here
 - loading: ``recognises`` (a ``model_index.json``), ``load`` (a pipeline folder);
 - text: ``tokenize``, ``eos_positions``, ``embed_tokens``, ``encode_prompt_embeds``, ``encode_ids``,
   ``encode_text``, ``split_features``, the token table (``token_embedding``, ``token_rows``,
-  ``set_token_rows``, ``token_parts``, ``token_dim``, ``tokenizers``), soft prompts (``prompt_template``,
+  ``set_token_rows``, ``token_parts``, ``token_dim``, ``tokenizers``), new tokens (``add_tokens``, ``word_row``,
+  ``splice_tokens``: placeholder vectors inside tokenized prompts), soft prompts (``prompt_template``,
   ``encode_soft_prompts``: how the fixed words around the learned slots are laid out and encoded);
 - training: ``noise_process`` (timestep density, noisy input, target: ``dreamdist.backbones.noise``),
   ``denoise`` (the denoiser call), ``bucket_step`` (aspect-ratio buckets);
 - generation: ``pipeline_call_kwargs`` (prompt embeddings, negatives and guidance arguments of a
   pipeline call), ``default_guidance``;
-- files: ``assemble_pipeline`` (diffusers pipeline of each kind in ``pipelines``), LoRA targets
-  and kohya names (``lora_targets``, ``kohya_prefixes``, ``kohya_module_path``), the textual-inversion
-  file layout (``token_file_tensors``), Custom Diffusion's cross-attention layers (``is_cross_attention``);
+- files: ``assemble_pipeline`` (diffusers pipeline of each kind in ``pipelines``), LoRA targets, key
+  names and kohya names (``lora_targets``, ``lora_peft_keys``, ``kohya_prefixes``, ``kohya_module_path``),
+  the textual-inversion file layout (``token_file_tensors``, ``token_file_encoders``), Custom
+  Diffusion's cross-attention layers (``is_cross_attention``);
 - identity: ``shape_facts`` (the sizes an artifact must match), ``prediction_type``, ``sample_size``.
 """
 
@@ -37,6 +39,28 @@ if TYPE_CHECKING:
 
 PROBE_ROWS = 16  # token-embedding rows stored in artifacts to recognise the backbone
 SHAPE_KEYS = ("vocab_size", "token_dim", "hidden_dim", "cross_attention_dim")  # compared by check_compatible
+
+
+def grow_vocabulary(tokenizer, encoder, names: list[str]) -> list[int]:
+    """Add ``names`` to ``tokenizer`` (those missing), size ``encoder``'s input embeddings to the tokenizer (as
+    diffusers' ``load_textual_inversion`` does; T5's spare rows past its tokenizer go) and return the names' ids."""
+    missing = [n for n in names if n not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing)
+    if len(tokenizer) != encoder.get_input_embeddings().weight.shape[0]:
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        encoder.get_input_embeddings().requires_grad_(False)
+    return tokenizer.convert_tokens_to_ids(names)
+
+
+def splice_rows(
+    frozen: torch.Tensor, ids: torch.Tensor, token_ids: torch.Tensor, vectors: torch.Tensor
+) -> torch.Tensor:
+    """(B, L, d) frozen embeddings of (B, L) ``ids`` -> the same with ``vectors`` (N, d) where ``token_ids`` (N,)
+    occur (ids < 0 in ``token_ids`` match nothing); differentiable w.r.t. ``vectors``."""
+    match = ids[..., None] == token_ids.to(ids.device)  # (B, L, N)
+    learned = vectors[match.int().argmax(dim=-1)]  # (B, L, d)
+    return torch.where(match.any(dim=-1)[..., None], learned.to(frozen.dtype), frozen)
 
 
 class BackboneMismatchError(ValueError):
@@ -151,6 +175,9 @@ class Backbone:
     text_encoder_names: ClassVar[tuple[str, ...]] = ()  # pipeline-module names of the text encoders
     lora_targets: ClassVar[dict[str, list[str]]] = {}  # pipeline-module name -> LoRA target layers
     kohya_prefixes: ClassVar[dict[str, str]] = {}  # pipeline-module name -> kohya key prefix ({}: no format)
+    lora_peft_keys: ClassVar[bool] = False  # LoRA files keep peft's names (lora_A/B), as this family's diffusers script
+    token_file_encoders: ClassVar[dict[str, str]] = {}  # textual-inversion file key -> text encoder ({}: one tensor)
+    method_refusals: ClassVar[dict[str, str]] = {}  # unsupported method -> why, said when it is asked for
 
     vae: torch.nn.Module
     model_id: str
@@ -244,8 +271,9 @@ class Backbone:
         """Refuse a training method this family does not support, naming the ones it does."""
         if method not in cls.methods:
             choices = f"choose one of {', '.join(cls.methods)}" if cls.methods else "no method trains there yet"
+            why = f" ({cls.method_refusals[method]})" if method in cls.method_refusals else ""
             raise ValueError(
-                f"{method} is not available on {cls.display_name} backbones; on {cls.display_name} {choices}, "
+                f"{method} is not available on {cls.display_name} backbones{why}; on {cls.display_name} {choices}, "
                 f"or train {method} on a model of a family that has it"
             )
 
@@ -305,6 +333,46 @@ class Backbone:
     def token_parts(self, vectors: torch.Tensor) -> list[torch.Tensor]:
         """(N, d_tok) token vectors -> one (N, d_i) slice per text encoder."""
         raise NotImplementedError
+
+    def add_tokens(self, names: list[str]) -> torch.Tensor:
+        """Add ``names`` to every tokenizer (if missing) and grow each frozen embedding table to match.
+
+        Default: the tokenizers share one vocabulary (SD: one tokenizer; SDXL: two copies), so the
+        names get the same ids in each.
+
+        Returns:
+            (N,) ids of ``names``, in the id space of ``token_rows`` / ``set_token_rows``.
+        """
+        ids = []
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders):
+            ids.append(grow_vocabulary(tokenizer, encoder, names))
+        if any(other != ids[0] for other in ids[1:]):
+            raise ValueError(
+                f"the tokens {names} got different ids in the tokenizers ({ids}); their vocabularies differ"
+            )
+        return torch.tensor(ids[0], dtype=torch.long)
+
+    def word_row(self, word: str, flag: str) -> torch.Tensor:
+        """The (d_tok,) token vector of ``word``, which must be one token; ``flag`` names the option in errors."""
+        ids = self.tokenizers[0].encode(word, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(
+                f"{flag} {word!r} is {len(ids)} tokens for this tokenizer; it must be exactly one. "
+                "Choose a single common word (e.g. the class noun)."
+            )
+        return self.token_rows(torch.tensor(ids[:1]))[0].clone()
+
+    def splice_tokens(self, ids: torch.Tensor, token_ids: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of ``tokenize``'s ids with learned vectors where placeholders occur.
+
+        Args:
+            ids: (B, L) ids from ``tokenize``.
+            token_ids: (N,) ids of the placeholders (``add_tokens``'s).
+            vectors: (N, d_tok) their learned vectors.
+        Returns:
+            (B, L, d_tok) embeddings, differentiable w.r.t. ``vectors`` (the frozen rows elsewhere).
+        """
+        return splice_rows(self.embed_tokens(ids), ids, token_ids, vectors)
 
     def encode_prompt_embeds(
         self, token_embeds: torch.Tensor, eos_positions: torch.Tensor

@@ -9,6 +9,14 @@ What differs from the SD families, and how dreamdist represents it:
   joint, its CLIP row followed by its T5 row (``token_parts`` splits it), pushed through both
   encoders. The template around the learned slots is laid out per tokenizer (``FluxPromptTemplate``):
   CLIP ``BOS prefix V suffix EOS pads``, T5 ``prefix V suffix </s> <pad>...`` (no BOS).
+- Token ids of a prompt are *joint*: CLIP's 77 ids, then T5's L ids (``tokenize``); their embeddings are
+  laid out block-wise, CLIP rows in the CLIP channels of the first 77 positions and T5 rows in the T5
+  channels of the last L (``embed_tokens``), which ``encode_prompt_embeds`` splits again. A new
+  vocabulary token (textual inversion) is added to both tokenizers; its CLIP id names it
+  (``token_rows``, ``set_token_rows``) and its joint vector fills both rows. The textual-inversion file
+  holds ``clip_l`` and ``t5``, as diffusers' advanced Flux DreamBooth-LoRA (pivotal tuning) script writes it.
+- LoRA adapts the transformer's attention projections (``FLUX_LORA_TARGETS``), saved with
+  ``FluxPipeline.save_lora_weights``; there is no kohya export (kohya's Flux names fuse q, k and v).
 - Prompt features are ``(L + 1, d_t5)``: the T5 sequence, then one row holding the CLIP pooled
   vector in its first ``d_pool`` channels (zeros after), as SDXL's pooled row. The Gaussian and the
   mixture treat it like any other row.
@@ -27,16 +35,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-from dreamdist.backbones.base import PROBE_ROWS, Backbone, PromptTemplate, read_generation_defaults
+from dreamdist.backbones.base import (
+    PROBE_ROWS,
+    Backbone,
+    PromptTemplate,
+    grow_vocabulary,
+    read_generation_defaults,
+    splice_rows,
+)
 from dreamdist.backbones.noise import FlowMatchNoise
 from dreamdist.backbones.sdxl import _run_clip
 
 FLUX_MAX_SEQUENCE = 512  # FluxPipeline's default (and maximum) T5 length
 FLUX_GUIDANCE = 3.5  # FluxPipeline's default embedded guidance
 FLUX_SAMPLE_SIZE = 128  # FluxPipeline.default_sample_size, in latents
+# the diffusers Flux DreamBooth-LoRA script's attention targets: q, k, v, out of every block, and the
+# double-stream blocks' text-stream projections
+FLUX_LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_q_proj", "add_v_proj", "to_add_out"]
 
 
 @dataclass
@@ -93,12 +112,20 @@ class FluxBackbone(Backbone):
 
     name = "flux"
     display_name = "Flux.1"
-    methods = ("dreamdistribution",)
+    methods = ("dreamdistribution", "textual-inversion", "dreambooth")
     pipelines = {"text2img": "FluxPipeline"}
     denoiser_name = "transformer"
     text_encoder_names = ("text_encoder", "text_encoder_2")
-    lora_targets = {}
-    kohya_prefixes = {}
+    lora_targets = {"transformer": FLUX_LORA_TARGETS}
+    lora_peft_keys = True  # as diffusers' Flux DreamBooth-LoRA script saves them
+    kohya_prefixes = {}  # kohya's Flux LoRA names fuse q, k and v: no simple mapping from diffusers' layers
+    token_file_encoders = {"clip_l": "text_encoder", "t5": "text_encoder_2"}
+    method_refusals = {
+        "custom-diffusion": "it trains text cross-attention layers, and Flux.1's transformer attends jointly over "
+        "text and image tokens with no separate cross-attention",
+        "two-stage": "its published recipe (a rare-adjective token, then a full UNet fine-tune without prior) is "
+        "defined and measured on SD's UNet only; on Flux.1 train textual-inversion, then dreambooth --lora",
+    }
 
     def __post_init__(self) -> None:
         if not self.scheduler_config:
@@ -203,12 +230,32 @@ class FluxBackbone(Backbone):
         return bool(getattr(self.transformer.config, "guidance_embeds", False))
 
     # ---------------------------------------------------------------- tokens
+    @property
+    def clip_length(self) -> int:
+        """CLIP's sequence length (77): the first positions of ``tokenize``'s joint ids."""
+        return int(self.tokenizer.model_max_length)
+
+    def _t5_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N,) CLIP ids -> (N,) T5 ids of the same *added* tokens (placeholders live in both vocabularies);
+        -1 where T5 has no such added token (CLIP's own words: the vocabularies differ)."""
+        added = self.tokenizer_2.added_tokens_encoder
+        special = set(self.tokenizer_2.all_special_tokens)
+        names = self.tokenizer.convert_ids_to_tokens(ids.tolist())
+        return torch.tensor([added[n] if n in added and n not in special else -1 for n in names], dtype=torch.long)
+
     def token_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """(N,) CLIP ids -> (N, d_clip + d_t5) fp32 CPU rows: the CLIP row, zeros for T5 (the vocabularies
-        differ; what reads this, the nearest-word display, then ranks by CLIP cosine)."""
-        table = self.token_embedding.weight
-        clip = table[ids.to(table.device)].detach().float().cpu()  # (N, d_clip)
-        return torch.cat([clip, torch.zeros(len(clip), self.token_widths[1])], dim=-1)
+        """(N,) CLIP ids -> (N, d_clip + d_t5) fp32 CPU rows: the CLIP row, then the T5 row of the same added
+        token (a placeholder) or zeros (CLIP's own words; what reads those, the nearest-word display, then
+        ranks by CLIP cosine)."""
+        clip_table = self.text_encoder.get_input_embeddings().weight
+        t5_table = self.text_encoder_2.get_input_embeddings().weight
+        clip = clip_table[ids.to(clip_table.device)].detach().float().cpu()  # (N, d_clip)
+        t5 = torch.zeros(len(clip), t5_table.shape[1])  # (N, d_t5)
+        t5_ids = self._t5_ids(ids)
+        known = t5_ids >= 0
+        if known.any():
+            t5[known] = t5_table[t5_ids[known].to(t5_table.device)].detach().float().cpu()
+        return torch.cat([clip, t5], dim=-1)
 
     def probe_rows(self) -> torch.Tensor:
         """(PROBE_ROWS, d_clip + d_t5): rows spread over both vocabularies, side by side."""
@@ -220,19 +267,50 @@ class FluxBackbone(Backbone):
         return torch.cat(rows, dim=-1)
 
     def set_token_rows(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
-        raise ValueError("Flux.1 backbones take no new vocabulary tokens yet (textual inversion is not available)")
+        """Write (N, d_clip + d_t5) joint vectors at (N,) CLIP ids: the CLIP part there, the T5 part at the same
+        tokens' T5 ids (tokens added with ``add_tokens``; other words have no T5 row of their own)."""
+        t5_ids = self._t5_ids(ids)
+        if (t5_ids < 0).any():
+            names = self.tokenizer.convert_ids_to_tokens(ids[t5_ids < 0].tolist())
+            raise ValueError(f"{names} are not tokens added to both Flux.1 tokenizers; add them with add_tokens first")
+        for encoder, rows, part in zip(self.text_encoders, (ids, t5_ids), self.token_parts(vectors)):
+            table = encoder.get_input_embeddings().weight
+            with torch.no_grad():
+                table[rows.to(table.device)] = part.to(table.device, table.dtype)
 
-    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        raise ValueError("CLIP and T5 ids differ on Flux.1: encode text with encode_text, soft prompts with a template")
+    def add_tokens(self, names: list[str]) -> torch.Tensor:
+        """Add ``names`` to the CLIP and the T5 tokenizer and size both tables; (N,) CLIP ids (the names' ids here)."""
+        clip = grow_vocabulary(self.tokenizer, self.text_encoder, names)
+        grow_vocabulary(self.tokenizer_2, self.text_encoder_2, names)
+        return torch.tensor(clip, dtype=torch.long)
+
+    def word_row(self, word: str, flag: str) -> torch.Tensor:
+        """(d_clip + d_t5,): ``word``'s CLIP row (it must be one CLIP token) and the mean of its T5 pieces' rows."""
+        row = super().word_row(word, flag)  # CLIP row, zeros for T5
+        pieces = self.tokenizer_2.encode(word, add_special_tokens=False)
+        if not pieces:
+            raise ValueError(f"{flag} {word!r} is no token at all for T5; choose a common word")
+        table = self.text_encoder_2.get_input_embeddings().weight
+        row[self.token_widths[0] :] = table[torch.tensor(pieces, device=table.device)].detach().float().mean(0).cpu()
+        return row
 
     def token_parts(self, vectors: torch.Tensor) -> list[torch.Tensor]:
-        """(N, d_clip + d_t5) -> [(N, d_clip) for CLIP, (N, d_t5) for T5]."""
+        """(N, d_clip + d_t5) -> [(N, d_clip) for CLIP ('clip_l'), (N, d_t5) for T5 ('t5')]."""
         return list(vectors.split(self.token_widths, dim=-1))
+
+    def token_file_tensors(self, token: str, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``clip_l`` (N, d_clip) and ``t5`` (N, d_t5): the layout of diffusers' advanced Flux DreamBooth-LoRA
+        (pivotal tuning) script, loaded part by part with ``load_textual_inversion``."""
+        clip_l, t5 = self.token_parts(vectors)
+        return {"clip_l": clip_l.contiguous(), "t5": t5.contiguous()}
 
     # ---------------------------------------------------------------- text
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """Texts -> (B, L) T5 ids padded to ``max_sequence_length`` (the per-token sequence's)."""
-        return self._ids(self.tokenizer_2, texts, self.max_sequence_length)
+        """Texts -> (B, 77 + L) joint ids: CLIP's (BOS ... EOS pads) then T5's (... </s> pads, L =
+        ``max_sequence_length``), each padded and truncated as FluxPipeline tokenizes them."""
+        clip = self._ids(self.tokenizer, texts, self.clip_length)  # (B, 77)
+        t5 = self._ids(self.tokenizer_2, texts, self.max_sequence_length)  # (B, L)
+        return torch.cat([clip, t5], dim=-1)
 
     def _ids(self, tokenizer, texts: list[str], length: int) -> torch.Tensor:
         """(B, length) ids of ``texts``, padded and truncated as FluxPipeline tokenizes them."""
@@ -240,9 +318,36 @@ class FluxBackbone(Backbone):
             texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)
 
+    def _split_ids(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., 77 + L) joint ids -> CLIP's (..., 77) and T5's (..., L)."""
+        return ids[..., : self.clip_length], ids[..., self.clip_length :]
+
     def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, 77) CLIP ids -> (B,) index of the first EOS (CLIP's pooled position)."""
-        return (input_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1)
+        """(B, 77 + L) joint ids -> (B,) index of CLIP's first EOS (its pooled position)."""
+        clip_ids = input_ids[..., : self.clip_length]
+        return (clip_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1)
+
+    def _blocks(self, clip: torch.Tensor, t5: torch.Tensor) -> torch.Tensor:
+        """(..., 77, d_clip) CLIP and (..., L, d_t5) T5 embeddings -> (..., 77 + L, d_clip + d_t5), each in its
+        own positions and channels, zeros elsewhere."""
+        d_clip, d_t5 = self.token_widths
+        return torch.cat([F.pad(clip, (0, d_t5)), F.pad(t5.to(clip.dtype), (d_clip, 0))], dim=-2)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """(..., 77 + L) joint ids -> (..., 77 + L, d_clip + d_t5) block-laid token embeddings (``_blocks``)."""
+        clip_ids, t5_ids = self._split_ids(ids)
+        clip = self.text_encoder.get_input_embeddings()(clip_ids)  # (..., 77, d_clip)
+        return self._blocks(clip, self.text_encoder_2.get_input_embeddings()(t5_ids))
+
+    def splice_tokens(self, ids: torch.Tensor, token_ids: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """As ``Backbone.splice_tokens`` for joint ids: the CLIP part of each vector where its CLIP id occurs among
+        the CLIP positions, the T5 part where its T5 id occurs among the T5 positions."""
+        clip_ids, t5_ids = self._split_ids(ids)
+        clip_part, t5_part = self.token_parts(vectors)  # (N, d_clip), (N, d_t5)
+        clip = splice_rows(self.text_encoder.get_input_embeddings()(clip_ids), clip_ids, token_ids, clip_part)
+        t5_tokens = self._t5_ids(token_ids.cpu()).to(ids.device)  # (N,)
+        t5 = splice_rows(self.text_encoder_2.get_input_embeddings()(t5_ids), t5_ids, t5_tokens, t5_part)
+        return self._blocks(clip, t5)  # (B, 77 + L, d_clip + d_t5)
 
     def clip_pooled(self, token_embeds: torch.Tensor, eos_positions: torch.Tensor) -> torch.Tensor:
         """(B, 77, d_clip) CLIP token embeddings, (B,) EOS index -> (B, d_pool) ``pooler_output``
@@ -269,18 +374,19 @@ class FluxBackbone(Backbone):
     def encode_prompt_embeds(
         self, token_embeds: torch.Tensor, eos_positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        raise ValueError("Flux.1 prompts are encoded per tokenizer: use encode_text or encode_soft_prompts")
+        """Both encoders from block-laid token embeddings (``embed_tokens``), as FluxPipeline.encode_prompt.
 
-    def encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        raise ValueError("CLIP and T5 ids differ on Flux.1: encode text with encode_text")
-
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Plain prompts -> (B, L + 1, D) prompt features, as FluxPipeline.encode_prompt computes them."""
-        clip_ids = self._ids(self.tokenizer, texts, self.tokenizer.model_max_length)  # (B, 77)
-        pooled = self.clip_pooled(self.text_encoder.get_input_embeddings()(clip_ids), self.eos_positions(clip_ids))
-        t5_ids = self.tokenize(texts)  # (B, L)
-        hidden = self.t5_sequence(self.text_encoder_2.get_input_embeddings()(t5_ids))  # (B, L, D)
-        return self.join_features(hidden, pooled)
+        Args:
+            token_embeds: (B, 77 + L, d_clip + d_t5): CLIP's in the first 77 positions' CLIP channels, T5's in
+                the last L positions' T5 channels.
+            eos_positions: (B,) CLIP's EOS index (its pooled position).
+        Returns:
+            features (B, L + 1, D) (the T5 sequence + the pooled row) and CLIP's pooled vectors (B, d_pool).
+        """
+        d_clip = self.token_widths[0]
+        pooled = self.clip_pooled(token_embeds[:, : self.clip_length, :d_clip], eos_positions)  # (B, d_pool)
+        hidden = self.t5_sequence(token_embeds[:, self.clip_length :, d_clip:])  # (B, L, D)
+        return self.join_features(hidden, pooled), pooled
 
     def prompt_template(self, num_tokens: int, prefix: str = "", suffix: str = "") -> FluxPromptTemplate:
         """CLIP's and T5's layouts of ``prefix [num_tokens slots] suffix``."""

@@ -117,7 +117,16 @@ class DreamBooth(Method):
         cfg = self.config
         self.backbone = backbone
         if cfg.export is not None and not backbone.kohya_prefixes:
-            raise ValueError(f"--export {cfg.export}: there is no kohya LoRA format for {backbone.display_name}")
+            raise ValueError(
+                f"--export {cfg.export}: dreamdist has no kohya LoRA format for {backbone.display_name} backbones; "
+                f"drop --export: the diffusers file {LORA_FILE} is written anyway and loads with pipe.load_lora_weights"
+            )
+        no_lora = [name for name in backbone.text_encoder_names if name not in backbone.lora_targets]
+        if cfg.lora and cfg.train_text_encoder and no_lora:
+            raise ValueError(
+                f"--train-text-encoder with --lora: {backbone.display_name} text encoders {no_lora} have no LoRA "
+                f"format in {backbone.pipeline_class('text2img').__name__}.save_lora_weights; drop --train-text-encoder"
+            )
         # from the frozen model, before anything changes
         self.prior = prior_from_config(backbone, run_dir, cfg, data.size)
         modules = self._modules()
@@ -180,10 +189,9 @@ class DreamBooth(Method):
         from peft.utils import get_peft_model_state_dict
 
         layers, metadata = {}, {}
+        convert = (lambda state: state) if backbone.lora_peft_keys else convert_state_dict_to_diffusers
         for name, module in self._modules().items():
-            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(module, save_embedding_layers=False)
-            )
+            layers[f"{name}_lora_layers"] = convert(get_peft_model_state_dict(module, save_embedding_layers=False))
             metadata[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
         backbone.pipeline_class("text2img").save_lora_weights(
             str(folder), weight_name=LORA_FILE, safe_serialization=True, **layers, **metadata

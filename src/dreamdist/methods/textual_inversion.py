@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -9,11 +10,17 @@ import torch
 from torch import nn
 
 from dreamdist.artifact import Artifact
-from dreamdist.backbones import Backbone
+from dreamdist.backbones import Backbone, family_of_pipeline
 from dreamdist.config import help_
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Conditioning, Method
-from dreamdist.methods.tokens import PlaceholderTokens, install_tokens, save_learned_embeds
+from dreamdist.methods.tokens import (
+    TOKEN_FILE_META,
+    PlaceholderTokens,
+    install_tokens,
+    save_learned_embeds,
+    vector_names,
+)
 
 # the paper's (and diffusers' script's) prompt templates; {} is the placeholder token
 OBJECT_TEMPLATES = [
@@ -139,7 +146,8 @@ class TextualInversion(Method):
         }
 
     def export(self, backbone: Backbone, folder: Path) -> dict:
-        """``learned_embeds.safetensors`` for ``pipe.load_textual_inversion(folder)``."""
+        """``learned_embeds.safetensors``: ``pipe.load_textual_inversion(folder)`` where the file is one tensor,
+        ``load_token_file(pipe, file, token)`` where it holds a part per text encoder (SDXL, Flux.1)."""
         save_learned_embeds(folder / EMBEDS_FILE, self.config.token, self.tokens.vectors, backbone)
         return {"diffusers": {"textual_inversion": EMBEDS_FILE, "token": self.config.token, "family": backbone.family}}
 
@@ -148,3 +156,52 @@ def prepare(backbone: Backbone, artifacts: list[Artifact]) -> None:
     """Add the learned token(s) to the backbone's tokenizer and embedding table."""
     for artifact in artifacts:
         install_tokens(backbone, artifact.meta["concept"], artifact.tensors["token_embeds"])
+
+
+def load_token_file(pipe, path: str | Path, token: str | None = None) -> list[str]:
+    """Load a textual-inversion file into a plain diffusers pipeline, each part into its text encoder.
+
+    A file with one tensor (SD) goes to ``pipe.load_textual_inversion``; a file with a part per text
+    encoder (SDXL: ``clip_l``, ``clip_g``; Flux.1: ``clip_l``, ``t5``, as diffusers' advanced Flux
+    DreamBooth-LoRA script writes it) is loaded part by part, as that script's inference snippet does:
+    ``pipe.load_textual_inversion(file["t5"], token=..., text_encoder=pipe.text_encoder_2,
+    tokenizer=pipe.tokenizer_2)`` adds the token to that tokenizer, resizes that embedding table and
+    writes the rows (``<token>_1``, ... for extra vectors). Prompts containing ``token`` then use the
+    learned rows in every encoder.
+
+    Args:
+        pipe: a diffusers pipeline of the family the file was trained on.
+        path: the file (``learned_embeds.safetensors``) or the run folder holding it.
+        token: the placeholder (default: the one recorded in the file's metadata).
+    Returns:
+        The vector tokens added to each tokenizer (``[token, token_1, ...]``).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    path = path / EMBEDS_FILE if path.is_dir() else path
+    with safe_open(str(path), framework="pt") as handle:
+        about = json.loads((handle.metadata() or {}).get(TOKEN_FILE_META, "{}"))
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    token = token or about.get("token")
+    encoders = family_of_pipeline(pipe).token_file_encoders
+    if not encoders or len(tensors) == 1:  # one tensor: diffusers reads the token from the key
+        pipe.load_textual_inversion(str(path), token=token)
+        vectors = next(iter(tensors.values()))
+    else:
+        missing = sorted(set(encoders) - set(tensors))
+        if missing or token is None:
+            raise ValueError(
+                f"{path} does not fit a {type(pipe).__name__}: it lacks {missing or 'the token name'}; "
+                f"pass the file of a run trained on this family (keys {sorted(encoders)}) and token=..."
+            )
+        for key, encoder in encoders.items():
+            tokenizer = pipe.components[encoder.replace("text_encoder", "tokenizer")]
+            pipe.load_textual_inversion(
+                tensors[key], token=token, text_encoder=pipe.components[encoder], tokenizer=tokenizer
+            )
+        vectors = tensors[next(iter(encoders))]
+    return vector_names(token, 1 if vectors.ndim == 1 else vectors.shape[0])
+
+
+load_flux_textual_inversion = load_token_file  # the name Flux.1 users look for; one function for every family

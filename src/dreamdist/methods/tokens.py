@@ -10,6 +10,7 @@ them) see the concept too.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from torch import nn
 from dreamdist.artifact import atomic_save_safetensors
 from dreamdist.backbones import Backbone
 
+TOKEN_FILE_META = "dreamdist_textual_inversion"  # metadata key of a textual-inversion file's description
+
 
 def vector_names(token: str, num_vectors: int) -> list[str]:
     """diffusers' naming of a multi-vector token: ``<tok>``, ``<tok>_1``, ..., ``<tok>_{N-1}``."""
@@ -25,36 +28,17 @@ def vector_names(token: str, num_vectors: int) -> list[str]:
 
 
 def add_tokens(backbone: Backbone, names: list[str]) -> torch.Tensor:
-    """Add ``names`` to the tokenizer (if missing) and grow the frozen embedding table to match.
+    """Add ``names`` to the tokenizer(s) (if missing) and grow the frozen embedding table(s) to match.
 
     Returns:
-        (N,) token ids of ``names``.
+        (N,) token ids of ``names`` (``Backbone.add_tokens``: the family knows its vocabularies).
     """
-    ids = []
-    for tokenizer, encoder in zip(backbone.tokenizers, backbone.text_encoders):  # SDXL: both, same ids
-        missing = [n for n in names if n not in tokenizer.get_vocab()]
-        if missing:
-            tokenizer.add_tokens(missing)
-        if len(tokenizer) != encoder.get_input_embeddings().weight.shape[0]:
-            encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-            encoder.get_input_embeddings().requires_grad_(False)
-        ids.append(tokenizer.convert_tokens_to_ids(names))
-    if any(other != ids[0] for other in ids[1:]):
-        raise ValueError(
-            f"the tokens {names} got different ids in the two tokenizers ({ids}); their vocabularies differ"
-        )
-    return torch.tensor(ids[0], dtype=torch.long)
+    return backbone.add_tokens(names)
 
 
 def init_word_row(backbone: Backbone, word: str, flag: str) -> torch.Tensor:
-    """The embedding row (d_tok,) of a word that must be exactly one token of the vocabulary."""
-    ids = backbone.tokenizer.encode(word, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(
-            f"{flag} {word!r} is {len(ids)} tokens for this tokenizer; it must be exactly one. "
-            "Choose a single common word (e.g. the class noun)."
-        )
-    return backbone.token_rows(torch.tensor(ids[:1]))[0].clone()
+    """The token vector (d_tok,) of a word that must be exactly one token (``Backbone.word_row``)."""
+    return backbone.word_row(word, flag)
 
 
 def set_rows(backbone: Backbone, ids: torch.Tensor, vectors: torch.Tensor) -> None:
@@ -74,10 +58,9 @@ class PlaceholderTokens(nn.Module):
             init_word: one-token word whose embedding initialises all N rows.
         """
         super().__init__()
-        vocab = backbone.tokenizer.get_vocab()
         self.token = token
         self.names = vector_names(token, num_vectors)
-        taken = [n for n in self.names if n in vocab]
+        taken = [n for n in self.names if any(n in tokenizer.get_vocab() for tokenizer in backbone.tokenizers)]
         if taken:
             raise ValueError(
                 f"the token(s) {taken} already exist in the tokenizer; choose a new placeholder with --token "
@@ -88,9 +71,6 @@ class PlaceholderTokens(nn.Module):
         if len(backbone.tokenizer.encode(token, add_special_tokens=False)) != 1:
             raise ValueError(f"--token {token!r} is not kept as one token by the tokenizer; avoid spaces in it")
         self.vectors = nn.Parameter(init.repeat(num_vectors, 1).to(backbone.device))  # (N, d_tok) fp32
-        lookup = torch.full((len(backbone.tokenizer),), -1, dtype=torch.long)
-        lookup[self.ids] = torch.arange(num_vectors)
-        self.register_buffer("lookup", lookup.to(backbone.device), persistent=False)  # id -> row or -1
         self.sync(backbone)
 
     def expand(self, text: str) -> str:
@@ -99,10 +79,7 @@ class PlaceholderTokens(nn.Module):
 
     def embed(self, backbone: Backbone, ids: torch.Tensor) -> torch.Tensor:
         """(B, L) ids -> (B, L, d_tok) token embeddings with the learned rows spliced in (differentiable)."""
-        frozen = backbone.embed_tokens(ids)  # (B, L, d_tok), no grad
-        row = self.lookup[ids]  # (B, L), -1 where not a placeholder
-        learned = self.vectors[row.clamp(min=0)]  # (B, L, d_tok)
-        return torch.where((row >= 0)[..., None], learned.to(frozen.dtype), frozen)
+        return backbone.splice_tokens(ids, self.ids, self.vectors)  # (B, L, d_tok)
 
     def encode(self, backbone: Backbone, texts: list[str]) -> torch.Tensor:
         """Prompts containing the placeholder -> (B, L, d) text features, gradient into ``vectors``."""
@@ -134,9 +111,21 @@ def save_learned_embeds(path: Path, token: str, vectors: torch.Tensor, backbone:
     (``Backbone.token_file_tensors``): on SDXL the file holds ``clip_l`` (N, d_tok1) and ``clip_g``
     (N, d_tok2), the layout diffusers, ComfyUI and A1111 read: load each part into its encoder
     (``load_textual_inversion(file["clip_l"], token=..., text_encoder=pipe.text_encoder,
-    tokenizer=pipe.tokenizer)``, and ``clip_g`` with ``text_encoder_2`` / ``tokenizer_2``).
+    tokenizer=pipe.tokenizer)``, and ``clip_g`` with ``text_encoder_2`` / ``tokenizer_2``); on Flux.1 it
+    holds ``clip_l`` and ``t5`` (the pivotal-tuning scripts' layout). ``textual_inversion.load_token_file``
+    does either in one call.
     """
     vectors = vectors.detach().float().cpu()
-    tensors = {token: vectors} if backbone is None else backbone.token_file_tensors(token, vectors)
-    atomic_save_safetensors(tensors, path, {"format": "pt"})
+    if backbone is None:
+        atomic_save_safetensors({token: vectors}, path, {"format": "pt"})
+        return path
+    about = {  # self-describing: which token, which backbone, which key goes into which text encoder
+        "token": token,
+        "names": vector_names(token, vectors.shape[0]),
+        "family": backbone.family,
+        "model_id": backbone.model_id,
+        "encoders": dict(backbone.token_file_encoders),
+    }
+    metadata = {"format": "pt", TOKEN_FILE_META: json.dumps(about)}
+    atomic_save_safetensors(backbone.token_file_tensors(token, vectors), path, metadata)
     return path
