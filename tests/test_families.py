@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
+from dreamdist import backbones
 from dreamdist.backbones import (
     FAMILIES,
     FAMILY_NAMES,
+    SHARED_MODULES,
     Backbone,
     SDBackbone,
     SDXLBackbone,
     detect_family,
+    discover_families,
     family_class,
     family_of_pipeline,
 )
@@ -34,15 +38,27 @@ def sdxl_model(tmp_path_factory):
 
 
 def test_the_registry_names_every_family_once():
-    assert FAMILY_NAMES == {"flux": "Flux.1", "sd3": "SD3", "sdxl": "SDXL", "sd": "SD 1.x/2.x"}
+    shipped = {"flux": "Flux.1", "sd3": "SD3", "sdxl": "SDXL", "sd": "SD 1.x/2.x"}
+    assert {name: FAMILY_NAMES[name] for name in shipped} == shipped and len(FAMILY_NAMES) == len(FAMILIES)
     # detection order: Flux and SD3 before SDXL (their folders have a text_encoder_2 too), SD, the fallback, last
-    assert [family.name for family in FAMILIES] == ["flux", "sd3", "sdxl", "sd"]
+    assert [family.name for family in FAMILIES if family.name in shipped] == ["flux", "sd3", "sdxl", "sd"]
+    assert FAMILIES[-1] is SDBackbone
     assert family_class("sdxl") is SDXLBackbone and family_class("sd") is SDBackbone
-    with pytest.raises(ValueError, match="unknown backbone family 'sd4'; known: flux, sd3, sdxl, sd"):
+    with pytest.raises(ValueError, match=f"unknown backbone family 'sd4'; known: {', '.join(FAMILY_NAMES)}$"):
         family_class("sd4")
     for family in (SDXLBackbone, SDBackbone):  # every registered method trains on SD and SDXL
         assert sorted(family.methods) == method_names()
     assert family_class("flux").methods == ("dreamdistribution", "textual-inversion", "dreambooth")  # Flux.1
+
+
+def test_families_are_found_in_their_modules_and_ordered_by_tier_then_name():
+    """Every module of the package but the shared ones defines one family; no list names them."""
+    package = Path(backbones.__file__).parent
+    modules = sorted(p.stem for p in package.glob("*.py") if p.stem not in (*SHARED_MODULES, "__init__"))
+    assert sorted(family.__module__.rsplit(".", 1)[1] for family in FAMILIES) == modules
+    assert list(FAMILIES) == sorted(FAMILIES, key=lambda family: (family.detection_tier, family.name))
+    assert discover_families() == FAMILIES and all(getattr(backbones, f.__name__) is f for f in FAMILIES)
+    assert Bare not in FAMILIES  # a Backbone subclass outside the package is no registered family
 
 
 def test_detection_reads_the_model_index_or_the_sub_folders(tiny_model, sdxl_model, tmp_path):

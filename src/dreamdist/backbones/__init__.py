@@ -1,17 +1,24 @@
 """Backbone families and their registry.
 
-One module per family (``sd``: SD 1.x/2.x, ``sdxl``: SDXL, ``flux``: Flux.1), each a subclass of ``base.Backbone``
-that owns everything family-specific (text encoding with soft tokens, the noise process, the
-denoiser call, pipeline classes, LoRA targets and kohya names, bucketing, file layouts). Adding a
-family is its module plus one line in ``FAMILIES``.
+One module per family (``sd``: SD 1.x/2.x, ``sdxl``: SDXL, ``sd3``: SD3/SD3.5, ``flux``: Flux.1, and
+any other module of this package that defines one), each a subclass of ``base.Backbone`` that
+declares a ``name`` and owns everything family-specific (text encoding with soft tokens, the noise
+process, the denoiser call, pipeline classes, LoRA targets and kohya names, bucketing, file layouts).
+The registry finds the families itself: it imports every module of this package and collects the
+``Backbone`` subclasses defined there with a ``name``. Adding a family is its module, nothing else;
+its class is then importable from here too (``from dreamdist.backbones import SD3Backbone``).
 
-``FAMILIES`` is also the detection order: the first family whose ``recognises`` accepts a
-pipeline folder loads it, so a family that others would mistake for theirs (SDXL, which SD would
-take) comes before them, and SD, the fallback, comes last.
+``FAMILIES`` is also the detection order: the first family whose ``recognises`` accepts a pipeline
+folder loads it. Families are ordered by ``detection_tier`` (0 first), then by name: one with a
+specific marker (a pipeline class name, a transformer class) stays in tier 0; one that others'
+folders would pass for theirs sits later (SDXL, tier 1: Flux and SD3 folders have a
+``text_encoder_2`` too); SD, the fallback that takes any folder, is last (tier 2).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 
 import torch
@@ -27,13 +34,38 @@ from dreamdist.backbones.base import (
     read_index,
     resolve_model,
 )
-from dreamdist.backbones.flux import FluxBackbone
-from dreamdist.backbones.sd import SDBackbone
-from dreamdist.backbones.sd3 import SD3Backbone
-from dreamdist.backbones.sdxl import SDXLBackbone
 
-FAMILIES: tuple[type[Backbone], ...] = (FluxBackbone, SD3Backbone, SDXLBackbone, SDBackbone)  # detection order
+SHARED_MODULES = ("base", "noise")  # what the families share; they define no family
+
+
+def discover_families() -> tuple[type[Backbone], ...]:
+    """Every family class of this package's modules, in detection order (``detection_tier``, then name).
+
+    A family class is a ``Backbone`` subclass with a ``name``, defined in the module that is imported
+    (a family module importing another's class does not register it twice).
+    """
+    found: dict[str, type[Backbone]] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in SHARED_MODULES or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for value in vars(module).values():
+            if not (isinstance(value, type) and issubclass(value, Backbone) and value.name):
+                continue
+            if value.__module__ != module.__name__:
+                continue
+            if value.name in found and found[value.name] is not value:
+                raise ImportError(
+                    f"two backbone families are named {value.name!r}: {found[value.name].__module__}."
+                    f"{found[value.name].__name__} and {module.__name__}.{value.__name__}; rename one"
+                )
+            found[value.name] = value
+    return tuple(sorted(found.values(), key=lambda family: (family.detection_tier, family.name)))
+
+
+FAMILIES: tuple[type[Backbone], ...] = discover_families()  # detection order: flux, sd3, sdxl, sd, ...
 FAMILY_NAMES = {family.name: family.display_name for family in FAMILIES}  # "sd" -> "SD 1.x/2.x", ...
+globals().update({family.__name__: family for family in FAMILIES})  # FluxBackbone, SD3Backbone, ...
 
 __all__ = [
     "FAMILIES",
@@ -41,13 +73,10 @@ __all__ = [
     "PROBE_ROWS",
     "Backbone",
     "BackboneMismatchError",
-    "FluxBackbone",
     "PromptTemplate",
-    "SD3Backbone",
-    "SDBackbone",
-    "SDXLBackbone",
     "controlnet_family",
     "detect_family",
+    "discover_families",
     "embedding_fingerprint",
     "family_class",
     "family_of_model",
@@ -56,6 +85,7 @@ __all__ = [
     "pick_device",
     "pick_dtype",
     "resolve_model",
+    *(family.__name__ for family in FAMILIES),
 ]
 
 

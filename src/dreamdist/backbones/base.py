@@ -1,13 +1,13 @@
 """What every backbone family shares, and the hooks each family implements.
 
-A *family* (``sd``, ``sdxl``, ...) is one subclass of ``Backbone`` in its own module of this
-package, listed once in the registry (``dreamdist.backbones.FAMILIES``). The training loop, the
+A *family* (``sd``, ``sdxl``, ...) is one subclass of ``Backbone`` that declares a ``name``, in its
+own module of this package; the registry (``dreamdist.backbones.FAMILIES``) finds it there. The training loop, the
 methods, generation and the front ends talk to a backbone only through this class: they never ask
 which family it is. Shared here: device/dtype moves, VAE posterior encoding, latent scale and
 shift, the identity and fingerprint recorded in artifacts and the check against them, the method
 and pipeline-kind doors. Everything else is a hook (``NotImplementedError`` here), grouped below:
 
-- loading: ``recognises`` (a ``model_index.json``), ``load`` (a pipeline folder);
+- loading: ``recognises`` (a ``model_index.json``; asked in ``detection_tier`` order), ``load`` (a pipeline folder);
 - text: ``tokenize``, ``eos_positions``, ``embed_tokens``, ``encode_prompt_embeds``, ``encode_ids``,
   ``encode_text``, ``split_features``, the token table (``token_embedding``, ``token_rows``,
   ``set_token_rows``, ``token_parts``, ``token_dim``, ``tokenizers``), new tokens (``add_tokens``, ``word_row``,
@@ -169,6 +169,9 @@ class Backbone:
 
     name: ClassVar[str] = ""  # recorded in artifacts as the backbone's "family"
     display_name: ClassVar[str] = ""  # in messages: "SD 1.x/2.x", "SDXL"
+    # families are asked to recognise a folder tier by tier (0 first), by name within a tier: a family whose
+    # test is loose (SDXL: any text_encoder_2) sits in a later tier than those with a specific marker
+    detection_tier: ClassVar[int] = 0
     methods: ClassVar[tuple[str, ...]] = ()  # training methods the family supports (registry names)
     pipelines: ClassVar[dict[str, str]] = {}  # --pipeline kind -> diffusers pipeline class name
     denoiser_name: ClassVar[str] = "unet"  # pipeline-module name of the denoiser

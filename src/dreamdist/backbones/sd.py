@@ -38,6 +38,7 @@ class SDBackbone(Backbone):
 
     name = "sd"
     display_name = "SD 1.x/2.x"
+    detection_tier = 2  # the fallback: it takes any folder, so it is asked last
     methods = ALL_METHODS
     pipelines = {
         "text2img": "StableDiffusionPipeline",

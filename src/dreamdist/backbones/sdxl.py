@@ -45,6 +45,7 @@ class SDXLBackbone(SDBackbone):
 
     name = "sdxl"
     display_name = "SDXL"
+    detection_tier = 1  # a text_encoder_2 alone makes a folder look like SDXL's (Flux, SD3 have one too)
     pipelines = {
         "text2img": "StableDiffusionXLPipeline",
         "img2img": "StableDiffusionXLImg2ImgPipeline",
