@@ -11,6 +11,8 @@ import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from dreamdist.artifact import load_artifact
 from dreamdist.backbones import (
@@ -28,6 +30,7 @@ from dreamdist.config import GenerateConfig, TrainConfig
 from dreamdist.generation import generate
 from dreamdist.methods import sampler_for
 from dreamdist.methods.dreamdistribution import artifact_features, artifact_stats
+from dreamdist.methods.textual_inversion import load_token_file
 from dreamdist.pipeline import make_pipeline
 from dreamdist.prompt_distribution import PromptTemplate, encode_prompts
 from dreamdist.testing import (
@@ -289,10 +292,13 @@ def test_sd3_without_t5_encodes_trains_and_generates(sd3_no_t5_model, refs, tmp_
 
 
 # ---------------------------------------------------------------- doors
-@pytest.mark.parametrize("method", ["textual-inversion", "dreambooth"])
-def test_other_methods_are_refused_by_name_on_sd3(method, refs, sd3_model, tmp_path):
+@pytest.mark.parametrize(
+    "method, why", [("custom-diffusion", "no separate cross-attention"), ("two-stage", "SD's UNet only")]
+)
+def test_other_methods_are_refused_by_name_and_reason_on_sd3(method, why, refs, sd3_model, tmp_path):
     config = TrainConfig(images=str(refs), out=str(tmp_path / "run"), model=str(sd3_model), method=method, steps=1)
-    with pytest.raises(ValueError, match=f"{method} is not available on SD3 backbones.*dreamdistribution"):
+    pattern = f"{method} is not available on SD3 backbones \\(.*{why}.*\\).*dreamdistribution, textual-inversion"
+    with pytest.raises(ValueError, match=pattern):
         train(config, example_config(method))
 
 
@@ -314,3 +320,150 @@ def test_sd_and_flux_artifacts_are_refused_on_sd3_by_family_name(dd_run, sd3, ti
         flux.check_compatible(artifact.meta["backbone"], artifact.tensors["backbone.probe"], "run")
     with pytest.raises(BackboneMismatchError, match="--model"):
         generate(GenerateConfig(out=str(tmp_path / "g"), artifacts=[str(dd_run)], model=str(tiny_model)))
+
+
+# ---------------------------------------------------------------- Textual Inversion, DreamBooth(-LoRA)
+@pytest.fixture(scope="module", params=[True, False], ids=["t5", "no_t5"])
+def any_sd3_model(request, sd3_model, sd3_no_t5_model):
+    return sd3_model if request.param else sd3_no_t5_model
+
+
+def run_method(refs, model, out, method: str, steps: int = 2, learning_rate=None, **options):
+    config = TrainConfig(
+        images=str(refs),
+        out=str(out),
+        model=str(model),
+        method=method,
+        steps=steps,
+        batch_size=2,
+        learning_rate=learning_rate,
+        progress=False,
+        checkpoint_every=0,
+    )
+    return train(config, example_config(method, **options))
+
+
+def plain_pipe(model) -> StableDiffusion3Pipeline:
+    no_t5 = {} if (model / "text_encoder_3").is_dir() else {"text_encoder_3": None, "tokenizer_3": None}
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(model), **no_t5)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipe_image(pipe, prompt: str, seed: int = 3) -> np.ndarray:
+    """A plain StableDiffusion3Pipeline image with dreamdist's generation settings in ``gen``."""
+    image = pipe(
+        prompt,
+        negative_prompt="",
+        guidance_scale=3.0,
+        max_sequence_length=LENGTH,
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(seed),
+    ).images[0]
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_joint_ids_encode_as_the_text_and_splice_placeholders_into_every_encoder(any_sd3_model):
+    sd3 = Backbone.from_pretrained(any_sd3_model, device="cpu")  # its own copy: tokens are added below
+    t5 = sd3.text_encoder_3 is not None
+    ids = sd3.tokenize(["a red dog"])  # (1, 77 + 77 [+ 16]): CLIP-L's, CLIP-G's, T5's
+    assert ids.shape == (1, 154 + (LENGTH if t5 else 0)) and int(sd3.eos_positions(ids)[0]) == 4
+    assert ids[0, 76] != ids[0, 153]  # CLIP-G pads with its own token
+    with torch.no_grad():
+        assert torch.allclose(sd3.encode_ids(ids), sd3.encode_text(["a red dog"]), atol=1e-6)
+    token_ids = sd3.add_tokens(["<p>"])  # (1,) CLIP id, the same in both CLIP tokenizers; T5 has its own
+    assert sd3.tokenizer_2.convert_tokens_to_ids("<p>") == int(token_ids[0])
+    assert len(sd3.tokenizer_2) == sd3.text_encoder_2.get_input_embeddings().num_embeddings
+    if t5:
+        assert "<p>" in sd3.tokenizer_3.get_vocab() and len(sd3.tokenizer_3) == sd3.text_encoder_3.shared.num_embeddings
+    vectors = torch.randn(1, sd3.token_dim, requires_grad=True)
+    prompt = sd3.tokenize(["a <p> dog"])
+    features, _ = sd3.encode_prompt_embeds(sd3.splice_tokens(prompt, token_ids, vectors), sd3.eos_positions(prompt))
+    features.square().sum().backward()
+    for part in vectors.grad.split(sd3.token_widths, dim=-1):  # every encoder's part is trained
+        assert float(part.abs().sum()) > 0
+    sd3.set_token_rows(token_ids, vectors.detach())
+    assert torch.equal(sd3.token_rows(token_ids), vectors.detach())  # every row, found by the CLIP id
+    with torch.no_grad():
+        assert torch.allclose(sd3.encode_text(["a <p> dog"]), features, atol=1e-6)  # the tables say the same
+
+
+def test_textual_inversion_file_holds_every_encoders_rows_and_loads_into_a_plain_sd3_pipeline(
+    refs, any_sd3_model, tmp_path
+):
+    token = "<sd3-toy>"
+    options = dict(learning_rate=0.5, init_word="toy", token=token, num_vectors=2)
+    run = run_method(refs, any_sd3_model, tmp_path / "run", "textual-inversion", **options)
+    backbone = Backbone.from_pretrained(any_sd3_model, device="cpu")
+    keys = ["clip_l", "clip_g", "t5"][: len(backbone.text_encoders)]
+    learned = load_artifact(run).tensors["token_embeds"]  # (2, d_tok): CLIP-L, CLIP-G [, T5] rows per vector
+    init = backbone.word_row("toy", "--init-word")  # (d_tok,)
+    assert learned.shape == (2, backbone.token_dim)
+    for part, start in zip(learned.split(backbone.token_widths, -1), init.split(backbone.token_widths, -1)):
+        assert not torch.allclose(part, start)  # every encoder's part moved
+    path = run / "learned_embeds.safetensors"
+    state = load_file(str(path))
+    assert sorted(state) == sorted(keys)
+    assert torch.equal(torch.cat([state[key] for key in keys], -1), learned)
+    with safe_open(str(path), framework="pt") as handle:
+        about = json.loads(handle.metadata()["dreamdist_textual_inversion"])
+    assert about["token"] == token and about["family"] == "sd3"
+    assert about["encoders"] == dict(zip(keys, ["text_encoder", "text_encoder_2", "text_encoder_3"]))
+    pipe = plain_pipe(any_sd3_model)
+    before = pipe_image(pipe, "a photo of toy")
+    names = load_token_file(pipe, run)
+    assert names == [token, f"{token}_1"]
+    for key, name in about["encoders"].items():
+        tokenizer = pipe.components[name.replace("text_encoder", "tokenizer")]
+        rows = pipe.components[name].get_input_embeddings().weight[tokenizer.convert_tokens_to_ids(names)]
+        assert torch.equal(rows, state[key])
+    after = pipe_image(pipe, f"a photo of {' '.join(names)}")  # the plain pipeline expands no prompt
+    assert np.abs(after - before).max() > 0  # the learned token changes the image
+    ours = gen(tmp_path / "gen", run, prompt="a photo of {}", num_images=1)[0]  # dreamdist's own generation
+    assert np.abs(ours - after).max() <= 1
+
+
+def test_dreambooth_lora_loads_with_load_lora_weights(refs, any_sd3_model, tmp_path):
+    options = dict(learning_rate=1e-2, class_noun="dog", lora=True, class_images=2, class_inference_steps=1)
+    run = run_method(refs, any_sd3_model, tmp_path / "run", "dreambooth", **options)
+    assert len(list((run / "class_images").glob("*.png"))) == 2  # prior preservation ran (the default)
+    keys = load_file(str(run / "pytorch_lora_weights.safetensors"))
+    assert all(key.startswith("transformer.") for key in keys)
+    adapted = {key.split(".lora_")[0].split(".attn.")[-1] for key in keys}  # peft's names, as diffusers' script
+    assert adapted == {"to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}
+    pipe = plain_pipe(any_sd3_model)
+    before = pipe_image(pipe, "a sks dog")
+    pipe.load_lora_weights(str(run))
+    after = pipe_image(pipe, "a sks dog")
+    assert np.abs(after - before).max() > 0
+    ours = gen(tmp_path / "gen", run, prompt="a {}", num_images=1)[0]
+    assert np.abs(ours - after).max() <= 1
+
+
+def test_dreambooth_without_prior_trains_lora_and_full_weights(refs, sd3_model, tmp_path):
+    lora = run_method(
+        refs, sd3_model, tmp_path / "lora", "dreambooth", learning_rate=1e-2, lora=True, prior_preservation=False
+    )
+    assert not (lora / "class_images").exists() and (lora / "pytorch_lora_weights.safetensors").is_file()
+    full = run_method(refs, sd3_model, tmp_path / "full", "dreambooth", learning_rate=1e-3, prior_preservation=False)
+    ours = gen(tmp_path / "gen", full, prompt="a {}", num_images=1)[0]
+    saved = pipe_image(plain_pipe(full / "pipeline"), "a sks dog")  # the fine-tuned StableDiffusion3Pipeline folder
+    assert np.abs(ours - saved).max() <= 1
+    assert np.abs(saved - pipe_image(plain_pipe(sd3_model), "a sks dog")).max() > 0
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(lora=True, export="kohya"), "--export kohya: dreamdist has no kohya LoRA format for SD3.*load_lora"),
+        (
+            dict(lora=True, train_text_encoder=True),
+            "text encoders \\['text_encoder', .*'text_encoder_3'\\] have no LoRA",
+        ),
+    ],
+)
+def test_dreambooth_options_without_an_sd3_file_format_are_refused(options, message, refs, sd3_model, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        run_method(refs, sd3_model, tmp_path / "run", "dreambooth", prior_preservation=False, **options)

@@ -63,6 +63,15 @@ def splice_rows(
     return torch.where(match.any(dim=-1)[..., None], learned.to(frozen.dtype), frozen)
 
 
+def added_token_ids(source, target, ids: torch.Tensor) -> torch.Tensor:
+    """(N,) ids of ``source`` tokenizer -> (N,) ids of the same *added* tokens in ``target`` (placeholders live in
+    both vocabularies); -1 where ``target`` has no such added token (``source``'s own words: the vocabularies differ)."""
+    added = target.added_tokens_encoder
+    special = set(target.all_special_tokens)
+    names = source.convert_ids_to_tokens(ids.tolist())
+    return torch.tensor([added[n] if n in added and n not in special else -1 for n in names], dtype=torch.long)
+
+
 class BackboneMismatchError(ValueError):
     """An artifact was made on a different backbone than the one it is loaded onto."""
 

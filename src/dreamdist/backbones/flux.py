@@ -43,6 +43,7 @@ from dreamdist.backbones.base import (
     PROBE_ROWS,
     Backbone,
     PromptTemplate,
+    added_token_ids,
     grow_vocabulary,
     read_generation_defaults,
     splice_rows,
@@ -238,10 +239,7 @@ class FluxBackbone(Backbone):
     def _t5_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """(N,) CLIP ids -> (N,) T5 ids of the same *added* tokens (placeholders live in both vocabularies);
         -1 where T5 has no such added token (CLIP's own words: the vocabularies differ)."""
-        added = self.tokenizer_2.added_tokens_encoder
-        special = set(self.tokenizer_2.all_special_tokens)
-        names = self.tokenizer.convert_ids_to_tokens(ids.tolist())
-        return torch.tensor([added[n] if n in added and n not in special else -1 for n in names], dtype=torch.long)
+        return added_token_ids(self.tokenizer, self.tokenizer_2, ids)
 
     def token_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """(N,) CLIP ids -> (N, d_clip + d_t5) fp32 CPU rows: the CLIP row, then the T5 row of the same added

@@ -17,6 +17,17 @@ What differs from the other families, and how dreamdist represents it:
   CLIP-L row, CLIP-G row and T5 row side by side (``token_parts`` splits it). The fixed words around
   the learned slots are laid out per tokenizer (``SD3PromptTemplate``): CLIP-L and CLIP-G share one
   vocabulary but pad differently (CLIP-G pads with ``!``), T5 has no BOS (Flux's ``t5_layout``).
+- Token ids of a prompt are *joint*, as Flux's: CLIP-L's 77, CLIP-G's 77 (its own pads), then T5's L when
+  present (``tokenize``); their embeddings are laid out block-wise, each encoder's rows in its own
+  positions and channels (``embed_tokens``), which ``encode_prompt_embeds`` splits again. A new vocabulary
+  token (textual inversion) gets one id in both CLIP tokenizers, which names it (``token_rows``,
+  ``set_token_rows``), and its own id in T5's; its joint vector fills all three rows. The
+  textual-inversion file holds ``clip_l``, ``clip_g`` and ``t5`` (SDXL's pivotal-tuning keys plus
+  Flux's ``t5``); StableDiffusion3Pipeline has no textual-inversion loader, so
+  ``textual_inversion.load_token_file`` adds the rows to each tokenizer and table itself.
+- LoRA adapts the transformer's attention projections (``SD3_LORA_TARGETS``, the diffusers SD3
+  DreamBooth-LoRA script's defaults), saved with ``StableDiffusion3Pipeline.save_lora_weights`` in peft's
+  key names; there is no kohya export (kohya's SD3 names fuse q, k and v).
 - The denoiser is an ``SD3Transformer2DModel`` (it patchifies the latents itself) trained with
   rectified flow (``noise.FlowMatchNoise``, the scheduler's ``shift``: 3.0 for SD3.5). Unlike Flux,
   it takes the scheduler's timesteps as they are: ``t = sigma * num_train_timesteps``.
@@ -31,15 +42,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-from dreamdist.backbones.base import PROBE_ROWS, Backbone, PromptTemplate, read_generation_defaults, read_index
+from dreamdist.backbones.base import (
+    PROBE_ROWS,
+    Backbone,
+    PromptTemplate,
+    added_token_ids,
+    grow_vocabulary,
+    read_generation_defaults,
+    read_index,
+    splice_rows,
+)
 from dreamdist.backbones.flux import t5_layout
 from dreamdist.backbones.noise import FlowMatchNoise
 
 SD3_MAX_SEQUENCE = 256  # StableDiffusion3Pipeline's default T5 length
 SD3_GUIDANCE = 7.0  # StableDiffusion3Pipeline's default guidance_scale
+# the diffusers SD3 DreamBooth-LoRA script's default targets: q, k, v, out of every joint block's attention
+# and its text-stream projections ("attn." leaves SD3.5's extra image self-attention, attn2, alone)
+SD3_LORA_TARGETS = [
+    "attn.add_k_proj",
+    "attn.add_q_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "attn.to_k",
+    "attn.to_out.0",
+    "attn.to_q",
+    "attn.to_v",
+]
 
 
 @dataclass
@@ -114,15 +147,23 @@ class SD3Backbone(Backbone):
 
     name = "sd3"
     display_name = "SD3"
-    methods = ("dreamdistribution",)
+    methods = ("dreamdistribution", "textual-inversion", "dreambooth")
     pipelines = {
         "text2img": "StableDiffusion3Pipeline",
         "img2img": "StableDiffusion3Img2ImgPipeline",
     }
     denoiser_name = "transformer"
     text_encoder_names = ("text_encoder", "text_encoder_2", "text_encoder_3")
-    lora_targets = {}
-    kohya_prefixes = {}
+    lora_targets = {"transformer": SD3_LORA_TARGETS}
+    lora_peft_keys = True  # as diffusers' SD3 DreamBooth-LoRA script saves them
+    kohya_prefixes = {}  # kohya's SD3 LoRA names fuse q, k and v: no simple mapping from diffusers' layers
+    token_file_encoders = {"clip_l": "text_encoder", "clip_g": "text_encoder_2", "t5": "text_encoder_3"}
+    method_refusals = {
+        "custom-diffusion": "it trains text cross-attention layers, and SD3's MMDiT attends jointly over text and "
+        "image tokens with no separate cross-attention",
+        "two-stage": "its published recipe (a rare-adjective token, then a full UNet fine-tune without prior) is "
+        "defined and measured on SD's UNet only; on SD3 train textual-inversion, then dreambooth --lora",
+    }
 
     def __post_init__(self) -> None:
         if not self.scheduler_config:
@@ -263,14 +304,26 @@ class SD3Backbone(Backbone):
         return FlowMatchNoise.prediction_type
 
     # ---------------------------------------------------------------- tokens
+    def _t5_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """(N,) CLIP ids -> (N,) T5 ids of the same added tokens (placeholders); -1 for CLIP's own words."""
+        return added_token_ids(self.tokenizer, self.tokenizer_3, ids)
+
     def token_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """(N,) CLIP ids -> (N, d_tok) fp32 CPU rows: CLIP-L's and CLIP-G's rows (one vocabulary), zeros for
-        T5 (its vocabulary differs; the nearest-word display then ranks by the CLIP parts)."""
+        """(N,) CLIP ids -> (N, d_tok) fp32 CPU rows: CLIP-L's and CLIP-G's rows (one vocabulary), then the T5
+        row of the same added token (a placeholder) or zeros (CLIP's own words; the nearest-word display then
+        ranks by the CLIP parts)."""
         rows = []
         for encoder in (self.text_encoder, self.text_encoder_2):
             table = encoder.get_input_embeddings().weight
             rows.append(table[ids.to(table.device)].detach().float().cpu())  # (N, d_i)
-        rows.append(torch.zeros(len(ids), self.token_dim - sum(r.shape[1] for r in rows)))  # (N, d_t5) or (N, 0)
+        if self.text_encoder_3 is not None:
+            t5_table = self.text_encoder_3.get_input_embeddings().weight
+            t5 = torch.zeros(len(ids), t5_table.shape[1])  # (N, d_t5)
+            t5_ids = self._t5_ids(ids)
+            known = t5_ids >= 0
+            if known.any():
+                t5[known] = t5_table[t5_ids[known].to(t5_table.device)].detach().float().cpu()
+            rows.append(t5)
         return torch.cat(rows, dim=-1)
 
     def probe_rows(self) -> torch.Tensor:
@@ -282,20 +335,103 @@ class SD3Backbone(Backbone):
             rows.append(table[ids].detach().float().cpu())
         return torch.cat(rows, dim=-1)
 
-    def set_token_rows(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
-        raise ValueError("SD3 backbones take no new vocabulary tokens yet (textual inversion is not available)")
+    def _token_ids(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """(N,) CLIP ids -> each present encoder's (N,) ids of the same tokens (CLIP-L's = CLIP-G's; T5's own)."""
+        return [ids, ids] + ([self._t5_ids(ids.cpu()).to(ids.device)] if self.text_encoder_3 is not None else [])
 
-    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        raise ValueError("CLIP and T5 ids differ on SD3: encode text with encode_text, soft prompts with a template")
+    def set_token_rows(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
+        """Write (N, d_tok) joint vectors at (N,) CLIP ids: the CLIP-L and CLIP-G parts there, the T5 part at the
+        same tokens' T5 ids (tokens added with ``add_tokens``; other words have no T5 row of their own)."""
+        per_encoder = self._token_ids(ids)
+        if (per_encoder[-1] < 0).any():
+            names = self.tokenizer.convert_ids_to_tokens(ids[per_encoder[-1].cpu() < 0].tolist())
+            raise ValueError(f"{names} are not tokens added to every SD3 tokenizer; add them with add_tokens first")
+        for encoder, rows, part in zip(self.text_encoders, per_encoder, self.token_parts(vectors)):
+            table = encoder.get_input_embeddings().weight
+            with torch.no_grad():
+                table[rows.to(table.device)] = part.to(table.device, table.dtype)
+
+    def add_tokens(self, names: list[str]) -> torch.Tensor:
+        """Add ``names`` to every tokenizer and size every table; (N,) CLIP ids (one id in both CLIP tokenizers)."""
+        clip_l = grow_vocabulary(self.tokenizer, self.text_encoder, names)
+        clip_g = grow_vocabulary(self.tokenizer_2, self.text_encoder_2, names)
+        if clip_l != clip_g:
+            raise ValueError(
+                f"the tokens {names} got different ids in SD3's CLIP tokenizers ({clip_l} vs {clip_g}); "
+                "their vocabularies must stay one"
+            )
+        if self.text_encoder_3 is not None:
+            grow_vocabulary(self.tokenizer_3, self.text_encoder_3, names)
+        return torch.tensor(clip_l, dtype=torch.long)
+
+    def word_row(self, word: str, flag: str) -> torch.Tensor:
+        """(d_tok,): ``word``'s CLIP-L and CLIP-G rows (it must be one CLIP token) and the mean of its T5 pieces'
+        rows when T5 is present."""
+        row = super().word_row(word, flag)  # CLIP rows, zeros for T5
+        if self.text_encoder_3 is None:
+            return row
+        pieces = self.tokenizer_3.encode(word, add_special_tokens=False)
+        if not pieces:
+            raise ValueError(f"{flag} {word!r} is no token at all for T5; choose a common word")
+        table = self.text_encoder_3.get_input_embeddings().weight
+        clip_width = sum(self.token_widths[:2])
+        row[clip_width:] = table[torch.tensor(pieces, device=table.device)].detach().float().mean(0).cpu()
+        return row
 
     def token_parts(self, vectors: torch.Tensor) -> list[torch.Tensor]:
         """(N, d_tok) -> [(N, d_l) CLIP-L, (N, d_g) CLIP-G, (N, d_t5) T5 when present]."""
         return list(vectors.split(self.token_widths, dim=-1))
 
+    def token_file_tensors(self, token: str, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``clip_l`` (N, d_l), ``clip_g`` (N, d_g) and, with T5, ``t5`` (N, d_t5): SDXL's pivotal-tuning keys and
+        Flux's ``t5``, loaded part by part by ``textual_inversion.load_token_file``."""
+        keys = list(self.token_file_encoders)[: len(self.text_encoders)]
+        return {key: part.contiguous() for key, part in zip(keys, self.token_parts(vectors))}
+
     # ---------------------------------------------------------------- text
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """Texts -> (B, 77) CLIP-L ids (the CLIP vocabulary both CLIP encoders share)."""
-        return self._ids(self.tokenizer, texts, self.clip_length)
+        """Texts -> (B, 77 + 77 [+ L]) joint ids: CLIP-L's, CLIP-G's (its own pads), then T5's when present, each
+        padded and truncated as StableDiffusion3Pipeline tokenizes them."""
+        parts = [self._ids(tokenizer, texts, length) for tokenizer, length in zip(self.tokenizers, self.id_lengths)]
+        return torch.cat(parts, dim=-1)
+
+    @property
+    def id_lengths(self) -> list[int]:
+        """Positions of each present tokenizer in the joint ids: 77, 77 (and L with T5)."""
+        return [self.clip_length, self.clip_length, self.max_sequence_length][: len(self.tokenizers)]
+
+    def _blocks(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Each encoder's (..., L_i, d_i) token embeddings -> (..., sum L_i, d_tok), each in its own positions and
+        channels, zeros elsewhere."""
+        widths = [part.shape[-1] for part in parts]
+        blocks, start = [], 0
+        for part, width in zip(parts, widths):
+            blocks.append(F.pad(part.to(parts[0].dtype), (start, sum(widths) - start - width)))
+            start += width
+        return torch.cat(blocks, dim=-2)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """(..., 77 + 77 [+ L]) joint ids -> (..., 77 + 77 [+ L], d_tok) block-laid token embeddings."""
+        parts = ids.split(self.id_lengths, dim=-1)
+        return self._blocks([e.get_input_embeddings()(part) for e, part in zip(self.text_encoders, parts)])
+
+    def splice_tokens(self, ids: torch.Tensor, token_ids: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """As ``Backbone.splice_tokens`` for joint ids: each part of each vector where the token's id in that
+        encoder's vocabulary occurs among that encoder's positions.
+
+        Args:
+            ids: (B, 77 + 77 [+ L]) joint ids.
+            token_ids: (N,) CLIP ids of the placeholders.
+            vectors: (N, d_tok) their joint vectors.
+        Returns:
+            (B, 77 + 77 [+ L], d_tok) block-laid embeddings, differentiable w.r.t. ``vectors``.
+        """
+        per_encoder = zip(ids.split(self.id_lengths, dim=-1), self._token_ids(token_ids), self.token_parts(vectors))
+        spliced = [
+            splice_rows(encoder.get_input_embeddings()(part_ids), part_ids, tokens, part)  # (B, L_i, d_i)
+            for encoder, (part_ids, tokens, part) in zip(self.text_encoders, per_encoder)
+        ]
+        return self._blocks(spliced)
 
     def _ids(self, tokenizer, texts: list[str], length: int) -> torch.Tensor:
         """(B, length) ids of ``texts``, padded and truncated as StableDiffusion3Pipeline tokenizes them."""
@@ -304,8 +440,9 @@ class SD3Backbone(Backbone):
         ).input_ids.to(self.device)
 
     def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, 77) CLIP ids -> (B,) index of the first EOS (CLIP's pooled position)."""
-        return (input_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1)
+        """(B, 77 ...) CLIP (or joint) ids -> (B,) index of the first EOS in the first 77 (CLIP's pooled position;
+        the same words put it at the same place for CLIP-G)."""
+        return (input_ids[..., : self.clip_length] == self.tokenizer.eos_token_id).int().argmax(dim=-1)
 
     def clip_features(
         self, encoder, token_embeds: torch.Tensor, eos_positions: torch.Tensor, clip_skip: int | None
@@ -345,10 +482,23 @@ class SD3Backbone(Backbone):
     def encode_prompt_embeds(
         self, token_embeds: torch.Tensor, eos_positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        raise ValueError("SD3 prompts are encoded per tokenizer: use encode_text or encode_soft_prompts")
+        """Every encoder from block-laid token embeddings (``embed_tokens``), with the backbone's ``clip_skip``.
 
-    def encode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        raise ValueError("CLIP and T5 ids differ on SD3: encode text with encode_text")
+        Args:
+            token_embeds: (B, 77 + 77 [+ L], d_tok): each encoder's rows in its own positions and channels.
+            eos_positions: (B,) CLIP's EOS index (its pooled position).
+        Returns:
+            features (B, 77 + L + 1, D) and the pooled vectors (B, d_pool).
+        """
+        embeds, start, offset = [], 0, 0
+        for length, width in zip(self.id_lengths, self.token_widths):
+            embeds.append(token_embeds[:, start : start + length, offset : offset + width])  # (B, L_i, d_i)
+            start, offset = start + length, offset + width
+        clip_l, pooled_l = self.clip_features(self.text_encoder, embeds[0], eos_positions, self.clip_skip)
+        clip_g, pooled_g = self.clip_features(self.text_encoder_2, embeds[1], eos_positions, self.clip_skip)
+        t5 = self.t5_sequence(embeds[2] if len(embeds) > 2 else None, len(token_embeds))  # (B, L, D)
+        pooled = torch.cat([pooled_l, pooled_g], dim=-1)  # (B, d_pool)
+        return self.join_features(clip_l, clip_g, t5, pooled), pooled
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Plain prompts -> (B, 77 + L + 1, D) prompt features, as StableDiffusion3Pipeline.encode_prompt

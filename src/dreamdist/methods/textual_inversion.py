@@ -11,6 +11,7 @@ from torch import nn
 
 from dreamdist.artifact import Artifact
 from dreamdist.backbones import Backbone, family_of_pipeline
+from dreamdist.backbones.base import grow_vocabulary
 from dreamdist.config import help_
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Conditioning, Method
@@ -163,7 +164,8 @@ def load_token_file(pipe, path: str | Path, token: str | None = None) -> list[st
 
     A file with one tensor (SD) goes to ``pipe.load_textual_inversion``; a file with a part per text
     encoder (SDXL: ``clip_l``, ``clip_g``; Flux.1: ``clip_l``, ``t5``, as diffusers' advanced Flux
-    DreamBooth-LoRA script writes it) is loaded part by part, as that script's inference snippet does:
+    DreamBooth-LoRA script writes it; SD3: ``clip_l``, ``clip_g``, ``t5``, through ``load_rows`` as
+    StableDiffusion3Pipeline has no loader) is loaded part by part, as that script's inference snippet does:
     ``pipe.load_textual_inversion(file["t5"], token=..., text_encoder=pipe.text_encoder_2,
     tokenizer=pipe.tokenizer_2)`` adds the token to that tokenizer, resizes that embedding table and
     writes the rows (``<token>_1``, ... for extra vectors). Prompts containing ``token`` then use the
@@ -188,7 +190,8 @@ def load_token_file(pipe, path: str | Path, token: str | None = None) -> list[st
     if not encoders or len(tensors) == 1:  # one tensor: diffusers reads the token from the key
         pipe.load_textual_inversion(str(path), token=token)
         vectors = next(iter(tensors.values()))
-    else:
+    else:  # the encoders this pipeline holds (SD3 may run without T5)
+        encoders = {key: name for key, name in encoders.items() if pipe.components.get(name) is not None}
         missing = sorted(set(encoders) - set(tensors))
         if missing or token is None:
             raise ValueError(
@@ -197,11 +200,27 @@ def load_token_file(pipe, path: str | Path, token: str | None = None) -> list[st
             )
         for key, encoder in encoders.items():
             tokenizer = pipe.components[encoder.replace("text_encoder", "tokenizer")]
-            pipe.load_textual_inversion(
-                tensors[key], token=token, text_encoder=pipe.components[encoder], tokenizer=tokenizer
-            )
+            load_rows(pipe, tensors[key], token, pipe.components[encoder], tokenizer)
         vectors = tensors[next(iter(encoders))]
     return vector_names(token, 1 if vectors.ndim == 1 else vectors.shape[0])
+
+
+def load_rows(pipe, vectors: torch.Tensor, token: str, text_encoder, tokenizer) -> None:
+    """One part of a textual-inversion file, (N, d_i) or (d_i,), into one text encoder of ``pipe``.
+
+    With diffusers' textual-inversion loader (SD, SDXL, Flux.1): ``pipe.load_textual_inversion(vectors,
+    token=..., text_encoder=..., tokenizer=...)``. StableDiffusion3Pipeline has none: the vector tokens are
+    added to the tokenizer, the table is resized and the rows written, as that loader does (its prompts
+    then name every vector token, ``<token> <token>_1 ...``, for it expands no prompt).
+    """
+    if hasattr(pipe, "load_textual_inversion"):
+        pipe.load_textual_inversion(vectors, token=token, text_encoder=text_encoder, tokenizer=tokenizer)
+        return
+    rows = vectors.reshape(-1, vectors.shape[-1])  # (N, d_i)
+    ids = grow_vocabulary(tokenizer, text_encoder, vector_names(token, len(rows)))
+    table = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        table[torch.tensor(ids, device=table.device)] = rows.to(table.device, table.dtype)
 
 
 load_flux_textual_inversion = load_token_file  # the name Flux.1 users look for; one function for every family

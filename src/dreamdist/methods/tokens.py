@@ -112,20 +112,21 @@ def save_learned_embeds(path: Path, token: str, vectors: torch.Tensor, backbone:
     (N, d_tok2), the layout diffusers, ComfyUI and A1111 read: load each part into its encoder
     (``load_textual_inversion(file["clip_l"], token=..., text_encoder=pipe.text_encoder,
     tokenizer=pipe.tokenizer)``, and ``clip_g`` with ``text_encoder_2`` / ``tokenizer_2``); on Flux.1 it
-    holds ``clip_l`` and ``t5`` (the pivotal-tuning scripts' layout). ``textual_inversion.load_token_file``
-    does either in one call.
+    holds ``clip_l`` and ``t5`` (the pivotal-tuning scripts' layout); on SD3 ``clip_l``, ``clip_g`` and
+    ``t5`` (without T5, the first two). ``textual_inversion.load_token_file`` loads any of them in one call.
     """
     vectors = vectors.detach().float().cpu()
     if backbone is None:
         atomic_save_safetensors({token: vectors}, path, {"format": "pt"})
         return path
+    tensors = backbone.token_file_tensors(token, vectors)
     about = {  # self-describing: which token, which backbone, which key goes into which text encoder
         "token": token,
         "names": vector_names(token, vectors.shape[0]),
         "family": backbone.family,
         "model_id": backbone.model_id,
-        "encoders": dict(backbone.token_file_encoders),
+        "encoders": {key: encoder for key, encoder in backbone.token_file_encoders.items() if key in tensors},
     }
     metadata = {"format": "pt", TOKEN_FILE_META: json.dumps(about)}
-    atomic_save_safetensors(backbone.token_file_tensors(token, vectors), path, metadata)
+    atomic_save_safetensors(tensors, path, metadata)
     return path
