@@ -26,8 +26,9 @@ What differs from the other families, and how dreamdist represents it:
   Flux's ``t5``); StableDiffusion3Pipeline has no textual-inversion loader, so
   ``textual_inversion.load_token_file`` adds the rows to each tokenizer and table itself.
 - LoRA adapts the transformer's attention projections (``SD3_LORA_TARGETS``, the diffusers SD3
-  DreamBooth-LoRA script's defaults), saved with ``StableDiffusion3Pipeline.save_lora_weights`` in peft's
-  key names; there is no kohya export (kohya's SD3 names fuse q, k and v).
+  DreamBooth-LoRA script's defaults), and with ``--train-text-encoder`` the CLIP encoders' attention (T5 has
+  no part in the file: refused when present), saved with ``StableDiffusion3Pipeline.save_lora_weights`` in
+  peft's key names; there is no kohya export (kohya's SD3 names fuse q, k and v).
 - The denoiser is an ``SD3Transformer2DModel`` (it patchifies the latents itself) trained with
   rectified flow (``noise.FlowMatchNoise``, the scheduler's ``shift``: 3.0 for SD3.5). Unlike Flux,
   it takes the scheduler's timesteps as they are: ``t = sigma * num_train_timesteps``.
@@ -58,6 +59,7 @@ from dreamdist.backbones.base import (
 )
 from dreamdist.backbones.flux import t5_layout
 from dreamdist.backbones.noise import FlowMatchNoise
+from dreamdist.backbones.sd import CLIP_LORA_TARGETS
 
 SD3_MAX_SEQUENCE = 256  # StableDiffusion3Pipeline's default T5 length
 SD3_GUIDANCE = 7.0  # StableDiffusion3Pipeline's default guidance_scale
@@ -154,7 +156,12 @@ class SD3Backbone(Backbone):
     }
     denoiser_name = "transformer"
     text_encoder_names = ("text_encoder", "text_encoder_2", "text_encoder_3")
-    lora_targets = {"transformer": SD3_LORA_TARGETS}
+    # CLIP-L and CLIP-G have LoRA parts in StableDiffusion3Pipeline.save_lora_weights, T5 none
+    lora_targets = {
+        "transformer": SD3_LORA_TARGETS,
+        "text_encoder": CLIP_LORA_TARGETS,
+        "text_encoder_2": CLIP_LORA_TARGETS,
+    }
     lora_peft_keys = True  # as diffusers' SD3 DreamBooth-LoRA script saves them
     kohya_prefixes = {}  # kohya's SD3 LoRA names fuse q, k and v: no simple mapping from diffusers' layers
     token_file_encoders = {"clip_l": "text_encoder", "clip_g": "text_encoder_2", "t5": "text_encoder_3"}

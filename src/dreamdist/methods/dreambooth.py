@@ -121,7 +121,7 @@ class DreamBooth(Method):
                 f"--export {cfg.export}: dreamdist has no kohya LoRA format for {backbone.display_name} backbones; "
                 f"drop --export: the diffusers file {LORA_FILE} is written anyway and loads with pipe.load_lora_weights"
             )
-        no_lora = [name for name in backbone.text_encoder_names if name not in backbone.lora_targets]
+        no_lora = [name for name in backbone.named_text_encoders if name not in backbone.lora_targets]
         if cfg.lora and cfg.train_text_encoder and no_lora:
             raise ValueError(
                 f"--train-text-encoder with --lora: {backbone.display_name} text encoders {no_lora} have no LoRA "
