@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 DREAMDIST = [sys.executable, "-m", "dreamdist.cli"]
 COMMANDS = {  # name: (arguments after ``dreamdist``, what the README calls it)
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="", help=f"comma-separated entries of: {', '.join(COMMANDS)}")
     parser.add_argument("--quick", action="store_true", help="start-up only (a few seconds)")
     parser.add_argument("--write", action="store_true", help="store the numbers in src/dreamdist/timings.json")
+    parser.add_argument("--keep", default=None, help="run the commands in this (new) folder and keep their output")
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(QUICK if args.quick else COMMANDS)
     unknown = [n for n in names if n not in COMMANDS]
@@ -55,9 +57,12 @@ def main(argv: list[str] | None = None) -> None:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep and Path(args.keep).exists():
+        parser.error(f"--keep {args.keep} exists; name a new folder")
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
         for name in names:
-            seconds = measure(name, tmp)
+            seconds = measure(name, str(tmp))
             results[name] = {
                 "seconds": round(seconds, 1), "cores": cores, "command": COMMANDS[name][1],
                 "date": datetime.date.today().isoformat(),

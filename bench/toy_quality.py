@@ -311,6 +311,41 @@ def plot(table: dict, labels: dict[str, str], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_gamma_curve(table: dict, labels: dict[str, str], path: Path) -> None:
+    """The diversity knob: diversity (joint entropy, Vendi) and fidelity against gamma, one line per sampler.
+
+    Variants are ``gamma_sweep_variants``' names, ``<run>/<sampler>/g<gamma>``; error bars: std over seeds.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[tuple[float, dict]]] = {}
+    for name, cells in table.items():
+        if "fidelity" in cells:
+            group, gamma = name.rsplit("/g", 1)
+            groups.setdefault(group, []).append((float(gamma), cells))
+    panels = (("joint entropy", "joint attribute entropy (bits)"), ("Vendi", "Vendi score (oracle features)"),
+              ("fidelity", "fidelity"))  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    for group, points in groups.items():
+        points.sort(key=lambda point: point[0])
+        label = labels[f"{group}/g{points[0][0]:g}"].rsplit(", gamma", 1)[0]
+        for ax, (field_name, _) in zip(axes, panels):
+            rows = [(g, c[field_name]) for g, c in points if c.get(field_name) is not None]
+            if rows:
+                ax.errorbar([g for g, _ in rows], [m for _, (m, _) in rows], yerr=[sd for _, (_, sd) in rows],
+                            marker="o", capsize=3, label=label)  # fmt: skip
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_xlabel("gamma")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def parse_product(spec: str):
     """ "NAME:COLOURS:SHAPES:BACKGROUNDS" (comma lists, * = every value) -> a product ``Concept``."""
     from dreamdist.toyworld.attributes import BACKGROUNDS, COLOURS, SHAPES
@@ -403,6 +438,8 @@ def main(argv: list[str] | None = None) -> None:
     (root / f"table{suffix}.md").write_text(text + "\n")
     (root / f"results{suffix}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     plot(table, labels, root / f"quality{suffix}.png")
+    if args.gamma_sweep:
+        plot_gamma_curve(table, labels, root / "gamma_curve.png")
     if args.json:
         from _results import command_line, machine, write_mean_std_table
 
