@@ -25,6 +25,11 @@ def interpret(
     if top_k < 1:
         raise ValueError(f"--top-k must be >= 1; got {top_k}")
     art = load_artifact(artifact, allow_pickle)
+    if art.meta.get("method_config", {}).get("prompt_space") == "output":
+        raise ValueError(
+            f"{art.path} learned its prompts in the text encoders' output space (--prompt-space output): they are "
+            "feature rows, not token embeddings, so they have no nearest vocabulary words"
+        )
     if "vectors" in art.tensors:  # DreamDistribution: (C, K, M, d_tok)
         vectors, names = art.tensors["vectors"], art.meta["class_names"]
     elif "token_embeds" in art.tensors:  # a learned token (textual inversion, two-stage): (N, d_tok)

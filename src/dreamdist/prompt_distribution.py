@@ -9,6 +9,7 @@ are ordinary words embedded with the frozen token table(s).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,16 +17,72 @@ from torch import nn
 
 from dreamdist.backbones import Backbone, PromptTemplate
 
+PROMPT_SPACES = ("input", "output")
 
-def encode_prompts(backbone: Backbone, vectors: torch.Tensor, template: PromptTemplate) -> tuple:
-    """Encode soft prompts through the frozen text encoder(s), as the backbone's family lays them out.
+
+@dataclass
+class OutputTemplate:
+    """A soft prompt in the encoders' output space: the template's features, encoded once, and the rows
+    that each learned prompt replaces (``Backbone.encode_template_features``).
+
+    ``features`` (L', D) of ``prefix <M neutral slots> suffix``; ``rows`` (R,) the slots' positions in
+    them, then the pooled row where the family has a pooled vector. A prompt is R learned rows of width D.
+    """
+
+    features: torch.Tensor
+    rows: torch.Tensor
+
+    @classmethod
+    def build(cls, backbone: Backbone, num_tokens: int, prefix: str = "", suffix: str = "") -> OutputTemplate:
+        """Encode the family's template of ``num_tokens`` slots between PREFIX and SUFFIX."""
+        template = PromptTemplate.build(backbone, num_tokens, prefix, suffix)
+        return cls(*backbone.encode_template_features(template, num_tokens))
+
+    def initial_rows(self) -> torch.Tensor:
+        """(R, D) fp32 CPU: the template's own features at the learned rows."""
+        return self.features[self.rows.to(self.features.device)].float().cpu()
+
+    def splice(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, R, D) learned rows -> features (N, L', D) (the template's elsewhere) and (N, R * D) the rows
+        themselves as the prompts' pooled features (the orthogonality loss); differentiable w.r.t. ``vectors``."""
+        if vectors.shape[-2:] != (len(self.rows), self.features.shape[-1]):
+            raise ValueError(
+                f"output-space prompts of {tuple(vectors.shape[-2:])} rows x width do not fit this backbone's "
+                f"template ({len(self.rows)} rows x {self.features.shape[-1]}): it was trained on another layout"
+            )
+        n = vectors.shape[0]
+        base = self.features.expand(n, -1, -1)  # (N, L', D)
+        rows = self.rows.to(base.device)
+        features = base.index_copy(1, rows, vectors.to(base.device, base.dtype))  # (N, L', D)
+        return features, vectors.flatten(1)
+
+
+def build_template(
+    backbone: Backbone, space: str, num_tokens: int, prefix: str = "", suffix: str = ""
+) -> PromptTemplate | OutputTemplate:
+    """The template of soft prompts living in ``space``: ``input`` (token vectors pushed through the encoders)
+    or ``output`` (rows of the encoded features, ``OutputTemplate``)."""
+    if space not in PROMPT_SPACES:
+        raise ValueError(f"prompt space must be one of {', '.join(PROMPT_SPACES)}; got {space!r}")
+    if space == "output":
+        return OutputTemplate.build(backbone, num_tokens, prefix, suffix)
+    return PromptTemplate.build(backbone, num_tokens, prefix, suffix)
+
+
+def encode_prompts(backbone: Backbone, vectors: torch.Tensor, template: PromptTemplate | OutputTemplate) -> tuple:
+    """Soft prompts -> their features, in the space they live in.
+
+    Input space (``PromptTemplate``): through the frozen text encoder(s), as the backbone's family lays them
+    out. Output space (``OutputTemplate``): spliced into the template's encoded features, no encoder run.
 
     Args:
-        vectors: (N, M, d_tok) learned token embeddings (N prompts).
-        template: fixed words around them (``PromptTemplate.build``: the family's layout).
+        vectors: (N, M, d_tok) learned token embeddings, or (N, R, D) learned output rows (N prompts).
+        template: fixed words around them (``build_template``).
     Returns:
         prompt features (N, L, d) and pooled features (N, d_pool), differentiable w.r.t. ``vectors``.
     """
+    if isinstance(template, OutputTemplate):
+        return template.splice(vectors)
     return backbone.encode_soft_prompts(vectors, template)
 
 

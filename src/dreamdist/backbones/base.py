@@ -425,6 +425,36 @@ class Backbone:
         eos = torch.full((n,), template.eos_position, device=embeds.device)
         return self.encode_prompt_embeds(embeds, eos)
 
+    def feature_slots(self, template, num_tokens: int) -> torch.Tensor:
+        """(S,) positions of the ``num_tokens`` learned slots in the prompt features (L', D) that
+        ``encode_soft_prompts`` makes from ``template``. Default: one CLIP-style layout, whose features sit
+        in the token positions (S = M); a family whose features are laid out otherwise says where."""
+        start = len(template.before)
+        return torch.arange(start, start + num_tokens)
+
+    @torch.no_grad()
+    def encode_template_features(self, template, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output-space layout of a soft prompt: its template encoded once, and the rows a prompt learns.
+
+        The template's ``num_tokens`` slots are encoded as neutral tokens (zero token vectors: the mean
+        of the input-space init), through ``encode_soft_prompts``; no gradient reaches the encoders.
+
+        Returns:
+            features (L', D) of the template (backbone device and dtype) and rows (R,): the slots'
+            positions (``feature_slots``) then, in a family with a pooled vector, the features' pooled
+            row(s) (the rows ``split_features`` does not pass as the sequence).
+        """
+        filler = torch.zeros(1, num_tokens, self.token_dim, device=self.device, dtype=self.dtype)  # (1, M, d_tok)
+        features = self.encode_soft_prompts(filler, template)[0][0]  # (L', D)
+        rows = self.feature_slots(template, num_tokens)  # (S,)
+        position = torch.arange(features.shape[0], dtype=torch.float32)[:, None]  # (L', 1): each row's index
+        sequence, pooled = self.split_features(position)
+        if pooled is not None:
+            kept = set(sequence[:, 0].long().tolist())
+            pooled_rows = [i for i in range(features.shape[0]) if i not in kept]
+            rows = torch.cat([rows, torch.tensor(pooled_rows, dtype=torch.long)])  # (S + P,)
+        return features, rows.long()
+
     # ---------------------------------------------------------------- generation (family hooks)
     @property
     def default_guidance(self) -> float:

@@ -419,6 +419,11 @@ class FluxBackbone(Backbone):
         hidden = self.t5_sequence(embeds[1])  # (N, L, D)
         return self.join_features(hidden, pooled), pooled
 
+    def feature_slots(self, template: FluxPromptTemplate, num_tokens: int) -> torch.Tensor:
+        """(M,) the slots' positions in the features: T5's, whose sequence is the features' (CLIP gives the pooled row)."""
+        start = len(template.t5.before)
+        return torch.arange(start, start + num_tokens)
+
     # ---------------------------------------------------------------- training
     @property
     def noise_process(self) -> FlowMatchNoise:

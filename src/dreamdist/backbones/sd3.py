@@ -564,6 +564,16 @@ class SD3Backbone(Backbone):
         pooled = torch.cat([pooled_l, pooled_g], dim=-1)  # (N, d_pool)
         return self.join_features(clip_l, clip_g, t5, pooled), pooled
 
+    def feature_slots(self, template: SD3PromptTemplate, num_tokens: int) -> torch.Tensor:
+        """(M or 2M,) the slots' positions in the features: in the CLIP block (CLIP-L ‖ CLIP-G, 77 rows) and,
+        with T5, in the T5 block after it."""
+        start = len(template.clip_l.before)
+        slots = [torch.arange(start, start + num_tokens)]
+        if template.t5 is not None:
+            start = self.clip_length + len(template.t5.before)
+            slots.append(torch.arange(start, start + num_tokens))
+        return torch.cat(slots)
+
     # ---------------------------------------------------------------- training
     @property
     def noise_process(self) -> FlowMatchNoise:

@@ -306,6 +306,12 @@ class ZImageBackbone(Backbone):
         hidden = self.llm_features(embeds, mask)  # (N, a + M + b, D)
         return self.padded(hidden, mask), hidden[:, -1]
 
+    def feature_slots(self, template: ZImagePromptTemplate, num_tokens: int) -> torch.Tensor:
+        """(M,) the slots' positions in the zero-padded features: after the real tokens before them (``padded``
+        drops a left-padding tokenizer's pads)."""
+        start = len(template.before) - int((~template.mask[: len(template.before)]).sum())
+        return torch.arange(start, start + num_tokens)
+
     # ---------------------------------------------------------------- training
     @property
     def noise_process(self) -> FlowMatchNoise:

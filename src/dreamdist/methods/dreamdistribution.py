@@ -38,8 +38,11 @@ from dreamdist.config import GenerateConfig, help_
 from dreamdist.data import ReferenceSet
 from dreamdist.methods import Conditioning, Method
 from dreamdist.prompt_distribution import (
+    PROMPT_SPACES,
+    OutputTemplate,
     PromptDistribution,
     PromptTemplate,
+    build_template,
     encode_prompts,
     gaussian_stats,
     mix_stats,
@@ -120,6 +123,14 @@ class DreamDistributionConfig:
     assign_smoothing: float = field(
         default=0.1, metadata=help_("mixture objective: loss share spread over the losing candidates (0 = hard)")
     )
+    prompt_space: str = field(
+        default="input",
+        metadata=help_(
+            "where the prompts live: 'input' (M token vectors pushed through the frozen text encoders, the "
+            "paper's) or 'output' (rows of the encoders' output features at the M slots, plus the pooled row "
+            "where the model has one; no encoder in the backward pass)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.num_samples is None:
@@ -136,6 +147,8 @@ class DreamDistributionConfig:
             raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
         if self.train_gamma < 0 or not 0 <= self.assign_smoothing <= 1 or self.own_lr_scale <= 0:
             raise ValueError("--train-gamma must be >= 0, --assign-smoothing in [0, 1], --own-lr-scale > 0")
+        if self.prompt_space not in PROMPT_SPACES:
+            raise ValueError(f"--prompt-space must be one of {', '.join(PROMPT_SPACES)}; got {self.prompt_space!r}")
         if not 0 <= self.assign_margin < 1:
             raise ValueError(f"--assign-margin is a relative loss margin in [0, 1); got {self.assign_margin}")
 
@@ -166,7 +179,7 @@ class DreamDistribution(Method):
     def __init__(self, config: DreamDistributionConfig):
         self.config = config
         self.prompts: PromptDistribution | None = None
-        self.templates: list[PromptTemplate] = []
+        self.templates: list[PromptTemplate | OutputTemplate] = []
         self.class_names: list[str] = []
         self.multiclass = False
         self.owners: torch.Tensor | None = None  # (N,) mixture objective: each reference's prompt
@@ -175,28 +188,48 @@ class DreamDistribution(Method):
         cfg = self.config
         self.class_names = list(data.class_names)
         self.multiclass = len(self.class_names) > 1 or data.multiclass
-        self.prompts = PromptDistribution(
-            len(self.class_names),
-            cfg.num_prompts,
-            cfg.num_tokens,
-            backbone.token_dim,  # SDXL: both encoders' token widths, one joint vector per token
-            cfg.init_std,
-            generator,
-            shared=cfg.objective == "mixture",
-        ).to(backbone.device)
         self.templates = [
-            PromptTemplate.build(
+            build_template(
                 backbone,
+                cfg.prompt_space,
                 cfg.num_tokens,
                 cfg.prefix,
                 class_suffix(name if self.multiclass else None, cfg.suffix),
             )
             for name in self.class_names
         ]
+        output = cfg.prompt_space == "output"
+        self.prompts = PromptDistribution(
+            len(self.class_names),
+            cfg.num_prompts,
+            len(self.templates[0].rows) if output else cfg.num_tokens,  # output: R rows (slots + pooled)
+            self.templates[0].features.shape[-1] if output else backbone.token_dim,  # SDXL: both token widths
+            cfg.init_std,
+            generator,
+            shared=cfg.objective == "mixture",
+        )
+        if output:
+            self._init_output_rows()
+        self.prompts.to(backbone.device)
         # image i of its class owns prompt (rank of i within the class) mod K
         labels = self.labels = data.labels.long().cpu()
         rank = torch.stack([(labels[:i] == labels[i]).sum() for i in range(len(labels))]) if len(labels) else labels
         self.owners = rank % cfg.num_prompts  # (N,)
+
+    @torch.no_grad()
+    def _init_output_rows(self) -> None:
+        """Output space: every prompt starts at its template's features at the learned rows, plus the
+        N(0, init_std) draw scaled by each row's RMS (the features' scale differs by encoder, CLIP or T5),
+        where the feature is not zero (padding channels stay zero): the K prompts differ slightly, as
+        input-space prompts do from their N(0, init_std) token vectors."""
+        base = torch.stack([template.initial_rows() for template in self.templates])[:, None]  # (C, 1, R, D)
+        rms = base.pow(2).mean(dim=-1, keepdim=True).sqrt()  # (C, 1, R, 1)
+        noise = self.prompts.vectors * rms * (base != 0)  # (C, K, R, D)
+        if self.prompts.shared is None:
+            self.prompts.vectors.copy_(base + noise)
+        else:  # the template is the part the K prompts share
+            self.prompts.shared.copy_(base)
+            self.prompts.vectors.copy_(noise)
 
     # mixture objective (bench/toy_quality.py): 16 images per step, each training its own prompt, on the
     # timesteps where the prompt shapes the image; the paper's: 4 images x S = 4 samples, every timestep
@@ -311,11 +344,16 @@ class DreamDistribution(Method):
 def artifact_features(
     backbone: Backbone, artifact: Artifact, prefix: str, suffix: str, class_index: int
 ) -> torch.Tensor:
-    """Re-encode one concept's K prompts with (possibly new) prefix/suffix -> (K, L, d)."""
+    """Re-encode one concept's K prompts with (possibly new) prefix/suffix -> (K, L, d).
+
+    Output-space prompts (``prompt_space`` in the artifact) are spliced into the edit text's encoded template.
+    """
     meta = artifact.meta
-    vectors = artifact.tensors["vectors"]  # (C, K, M, d_tok)
+    vectors = artifact.tensors["vectors"]  # (C, K, M, d_tok) or, in output space, (C, K, R, D)
     name = meta["class_names"][class_index] if meta.get("multiclass") else None
-    template = PromptTemplate.build(backbone, vectors.shape[2], prefix, class_suffix(name, suffix))
+    trained = meta.get("method_config", {})
+    space, num_tokens = trained.get("prompt_space", "input"), trained.get("num_tokens", vectors.shape[2])
+    template = build_template(backbone, space, num_tokens, prefix, class_suffix(name, suffix))
     with torch.no_grad():
         hidden, _ = encode_prompts(backbone, vectors[class_index].to(backbone.device), template)
     return hidden.float()

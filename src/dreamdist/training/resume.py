@@ -87,6 +87,7 @@ POLICY: dict[str, dict[str, tuple[str, str]]] = {
         "own_lr_scale": (CHANGE, "a learning rate (a multiple of --learning-rate), set every step"),
         "assign_margin": (REFUSE, "how images are assigned to prompts: part of the objective"),
         "assign_smoothing": (REFUSE, "how images are assigned to prompts: part of the objective"),
+        "prompt_space": (REFUSE, "where the prompts live (encoder input or output): what is learned and its shape"),
     },
     "TextualInversionConfig": {
         "init_word": (REFUSE, "the initialisation the run started from"),
