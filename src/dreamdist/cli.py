@@ -151,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main_rank:
         _check_run_folder(config, args.overwrite)
     if config.model == "toy":
-        print("using the built-in toy model (pass --model to train a Stable Diffusion checkpoint)", file=sys.stderr)
+        print("using the built-in toy model (pass --model to train on a real checkpoint)", file=sys.stderr)
     with RunLock(config.out) if main_rank else nullcontext():  # one trainer per run folder
         out = train(config, method_config)
     from accelerate import PartialState
