@@ -33,7 +33,9 @@ class TrainConfig:
     out: str = field(metadata=help_("run folder to create (artifact, checkpoints, samples, logs)"))
     model: str = field(
         default="toy",
-        metadata=help_("diffusers checkpoint of a supported family (SD 1.x/2.x, SDXL, SD3.x, Flux.1, Z-Image): hub id, local folder, or 'toy' (built-in)"),
+        metadata=help_(
+            "diffusers checkpoint of a supported family (SD 1.x/2.x, SDXL, SD3.x, Flux.1, Z-Image): hub id, local folder, or 'toy' (built-in)"
+        ),
     )
     method: str = field(default="dreamdistribution", metadata=help_("training method (see 'dreamdist methods')"))
     steps: int | None = field(
