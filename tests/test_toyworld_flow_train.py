@@ -38,3 +38,17 @@ def test_flow_training_resumes_exactly_and_loads_in_flux_pipeline(tmp_path):
 def test_flow_training_flags_are_checked():
     with pytest.raises(ValueError, match="--max-steps"):
         train_main(["--lr-schedule", "cosine", "--out", "/nonexistent/never-written"])
+
+
+def test_warm_start_from_a_half_precision_folder_trains_in_fp32(tmp_path):
+    from dreamdist.toyworld.train_flow import FlowTrainConfig, initial_models
+
+    first = run(tmp_path / "first", 1)
+    pipe = FluxPipeline.from_pretrained(first, torch_dtype=torch.float16)
+    pipe.save_pretrained(tmp_path / "half")  # a compact warm-start checkpoint
+    tokenizers = (pipe.tokenizer, pipe.tokenizer_2)
+    models = initial_models(FlowTrainConfig(init_from=str(tmp_path / "half")), tokenizers, "cpu")
+    assert all(p.dtype == torch.float32 for model in models for p in model.parameters())
+    half = pipe.transformer.state_dict()
+    warm = models[2].state_dict()
+    assert all(torch.equal(warm[k], half[k].float()) for k in half)

@@ -157,10 +157,11 @@ def initial_models(cfg: FlowTrainConfig, tokenizers, device: str):
         torch.manual_seed(cfg.seed)
         return build_clip(tokenizers[0]).to(device), build_t5(tokenizers[1]).to(device), build_transformer().to(device)
     folder = Path(cfg.init_from)
+    fp32 = {"torch_dtype": torch.float32}  # a warm start stored in half precision trains in fp32
     return (
-        CLIPTextModel.from_pretrained(folder / "text_encoder").to(device),
-        T5EncoderModel.from_pretrained(folder / "text_encoder_2").to(device),
-        FluxTransformer2DModel.from_pretrained(folder / "transformer").to(device),
+        CLIPTextModel.from_pretrained(folder / "text_encoder", **fp32).to(device),
+        T5EncoderModel.from_pretrained(folder / "text_encoder_2", **fp32).to(device),
+        FluxTransformer2DModel.from_pretrained(folder / "transformer", **fp32).to(device),
     )
 
 
