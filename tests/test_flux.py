@@ -210,13 +210,21 @@ def test_flux_controlnet_pipeline_is_refused_by_name(flux):
 
 def test_artifacts_refuse_the_other_backbone_family(dd_run, flux, tiny_model, tmp_path):
     sd = Backbone.from_pretrained(tiny_model, device="cpu")
-    with pytest.raises(BackboneMismatchError, match="SD 1.x/2.x backbone.*Flux.1 backbone"):
+    with pytest.raises(BackboneMismatchError, match="on an SD 1.x/2.x backbone.*is a Flux.1 backbone"):
         flux.check_compatible(sd.identity(), sd.probe_rows(), "run")
     artifact = load_artifact(dd_run)
-    with pytest.raises(BackboneMismatchError, match="Flux.1 backbone.*SD 1.x/2.x backbone"):
+    with pytest.raises(BackboneMismatchError, match="on a Flux.1 backbone.*is an SD 1.x/2.x backbone"):
         sd.check_compatible(artifact.meta["backbone"], artifact.tensors["backbone.probe"], "run")
     with pytest.raises(BackboneMismatchError, match="--model"):
         generate(GenerateConfig(out=str(tmp_path / "g"), artifacts=[str(dd_run)], model=str(tiny_model)))
+
+
+def test_a_component_folder_or_a_folder_of_images_is_not_taken_for_a_pipeline(flux_model, refs):
+    # a Flux pipeline's transformer/ folder was read as an SD checkpoint ("no file named model.safetensors")
+    with pytest.raises(OSError, match=r"one pipeline component \(FluxTransformer2DModel\).*model_index.json"):
+        detect_family(str(flux_model / "transformer"))
+    with pytest.raises(OSError, match="not a diffusers pipeline folder"):
+        Backbone.from_pretrained(refs, device="cpu")
 
 
 # ---------------------------------------------------------------- Textual Inversion, DreamBooth(-LoRA)

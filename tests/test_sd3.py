@@ -310,13 +310,13 @@ def test_sd3_inpaint_and_controlnet_pipelines_are_refused_by_name(kind, sd3):
 
 def test_sd_and_flux_artifacts_are_refused_on_sd3_by_family_name(dd_run, sd3, tiny_model, tmp_path):
     sd = Backbone.from_pretrained(tiny_model, device="cpu")
-    with pytest.raises(BackboneMismatchError, match="SD 1.x/2.x backbone.*SD3 backbone"):
+    with pytest.raises(BackboneMismatchError, match="on an SD 1.x/2.x backbone.*is an SD3 backbone"):
         sd3.check_compatible(sd.identity(), sd.probe_rows(), "run")
     flux = Backbone.from_pretrained(save_tiny_flux_pipeline(tmp_path / "flux"), device="cpu")
-    with pytest.raises(BackboneMismatchError, match="Flux.1 backbone.*SD3 backbone"):
+    with pytest.raises(BackboneMismatchError, match="on a Flux.1 backbone.*is an SD3 backbone"):
         sd3.check_compatible(flux.identity(), flux.probe_rows(), "run")
     artifact = load_artifact(dd_run)
-    with pytest.raises(BackboneMismatchError, match="SD3 backbone.*Flux.1 backbone"):
+    with pytest.raises(BackboneMismatchError, match="on an SD3 backbone.*is a Flux.1 backbone"):
         flux.check_compatible(artifact.meta["backbone"], artifact.tensors["backbone.probe"], "run")
     with pytest.raises(BackboneMismatchError, match="--model"):
         generate(GenerateConfig(out=str(tmp_path / "g"), artifacts=[str(dd_run)], model=str(tiny_model)))

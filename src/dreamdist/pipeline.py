@@ -29,6 +29,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image, ImageOps
 
 from dreamdist.backbones import Backbone, controlnet_family
+from dreamdist.backbones.base import with_article
 from dreamdist.config import PIPELINE_NAMES
 
 log = logging.getLogger(__name__)
@@ -329,8 +330,8 @@ def load_controlnet(path: str, backbone: Backbone, allow_pickle: bool = False):
     family = controlnet_family(config)
     if family.name != backbone.family:
         raise ValueError(
-            f"--controlnet {path} is an {family.display_name} ControlNet, but {backbone.model_id!r} is an "
-            f"{backbone.display_name} backbone; use a ControlNet trained for {backbone.display_name}"
+            f"--controlnet {path} is {with_article(family.display_name)} ControlNet, but {backbone.model_id!r} is "
+            f"{with_article(backbone.display_name)} backbone; use a ControlNet trained for {backbone.display_name}"
         )
     theirs, ours = config.get("cross_attention_dim"), backbone.denoiser.config.cross_attention_dim
     if json.dumps(theirs) != json.dumps(ours):

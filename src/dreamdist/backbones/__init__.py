@@ -18,6 +18,7 @@ folders would pass for theirs sits later (SDXL, tier 1: Flux and SD3 folders hav
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from pathlib import Path
 
@@ -103,10 +104,48 @@ def detect_family(path: str) -> str:
     Families are asked in ``FAMILIES`` order; a folder without an index is judged by its sub-folders.
     """
     index = read_index(path)
+    if index is None:
+        check_pipeline_folder(Path(path))
     for family in FAMILIES:
         if family.recognises(index, Path(path)):
             return family.name
     raise OSError(f"{path} is a pipeline of no backbone family dreamdist knows ({', '.join(FAMILY_NAMES.values())})")
+
+
+PIPELINE_SUB_FOLDERS = (
+    "unet",
+    "transformer",
+    "text_encoder",
+    "text_encoder_2",
+    "text_encoder_3",
+    "tokenizer",
+    "vae",
+    "scheduler",
+)
+
+
+def check_pipeline_folder(folder: Path) -> None:
+    """Refuse a local folder that is not a diffusers pipeline: no ``model_index.json`` and no component
+    sub-folder (``unet/``, ``transformer/``, ``text_encoder*/``, ...), e.g. one component's folder or a
+    folder of images. A folder of component sub-folders is left to the families to judge."""
+    if not folder.is_dir() or any((folder / name).is_dir() for name in PIPELINE_SUB_FOLDERS):
+        return
+    config = folder / "config.json"
+    kind = None
+    if config.is_file():
+        try:
+            kind = json.loads(config.read_text()).get("_class_name")
+        except (ValueError, AttributeError):
+            kind = None
+    if kind:
+        raise OSError(
+            f"{str(folder)!r} holds one pipeline component ({kind}), not a pipeline; pass the diffusers "
+            f"pipeline folder that contains it (the one with model_index.json), e.g. {str(folder.parent)!r}"
+        )
+    raise OSError(
+        f"{str(folder)!r} is not a diffusers pipeline folder: it has no model_index.json (and no unet/, "
+        "transformer/ or text_encoder/ sub-folder); pass a folder written by a pipeline's save_pretrained, or a cached hub id"
+    )
 
 
 def family_of_model(model: str | Path) -> type[Backbone]:

@@ -106,6 +106,11 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def with_article(name: str) -> str:
+    """``name`` with its indefinite article as read aloud: "an SD3", "an SDXL", "a Flux.1", "a Z-Image"."""
+    return f"{'an' if name[:1].upper() in 'AEIOUS' else 'a'} {name}"
+
+
 def read_generation_defaults(path: str) -> dict:
     """The optional ``<model>/dreamdist.json`` (generation defaults of a model folder), else {}."""
     defaults_file = Path(path) / "dreamdist.json"
@@ -603,8 +608,8 @@ class Backbone:
         if family != self.family:
             theirs = FAMILY_NAMES.get(family, family)
             raise BackboneMismatchError(
-                f"{what} was trained on an {theirs} backbone ({identity.get('model_id')!r}), "
-                f"but {self.model_id!r} is an {self.display_name} backbone. "
+                f"{what} was trained on {with_article(theirs)} backbone ({identity.get('model_id')!r}), "
+                f"but {self.model_id!r} is {with_article(self.display_name)} backbone. "
                 f"Load it with --model {identity.get('model_id')!r} (or another {theirs} checkpoint of the same base)."
             )
         for key in SHAPE_KEYS:
